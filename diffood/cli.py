@@ -1,0 +1,228 @@
+"""`python -m diffood {train,export,evaluate,reconstruct,score}`: the same functions the app calls."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .errors import DiffoodError
+
+from .model import DEFAULT_CHECKPOINT
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train the denoiser on FashionMNIST (resumable; runs under torchrun)")
+    p.add_argument("--run-dir", default="runs/fashionmnist-default", help="where state, log and checkpoints go")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
+    p.add_argument("--epochs", type=float, default=20.0, help="length of the learning-rate schedule")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=500, help="steps between saved states")
+    p.add_argument("--channels", default="32,64,128", help="UNet block_out_channels")
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--max-steps", type=int, help="stop (and save) at this total step")
+    p.add_argument("--max-minutes", type=float, help="stop (and save) after this many minutes")
+    p.add_argument("--export", dest="export_dir", help="write the EMA checkpoint here when stopping")
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--data-dir", help="folder with torchvision's FashionMNIST (default $DIFFOOD_DATA_DIR)")
+    p.add_argument("--download", action="store_true", help="allow torchvision to download FashionMNIST")
+    p.add_argument("--limit-images", type=int, help="train on this many images only (smoke tests)")
+
+
+def _cmd_train(a) -> int:
+    from .model import ModelConfig
+    from .train import TrainConfig, run
+
+    cfg = TrainConfig(
+        run_dir=a.run_dir, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, ema_decay=a.ema_decay,
+        seed=a.seed, save_every=a.save_every, channels_last=not a.no_channels_last, compile=a.compile,
+        data_dir=a.data_dir, limit_images=a.limit_images, model=ModelConfig(block_out_channels=tuple(int(c) for c in a.channels.split(","))),
+    )
+    run(cfg, resume=a.resume, max_steps=a.max_steps, max_minutes=a.max_minutes, export_dir=a.export_dir,
+        device=a.device)
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a run's EMA weights as a diffusers-layout checkpoint")
+    p.add_argument("--run-dir", default="runs/fashionmnist-default")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--data-dir")
+
+
+def _cmd_export(a) -> int:
+    from .train import TrainConfig, Trainer
+    import json
+
+    cfg = TrainConfig.from_dict(json.loads((Path(a.run_dir) / "state.json").read_text())["config"])
+    cfg.run_dir, cfg.data_dir = a.run_dir, a.data_dir or cfg.data_dir
+    trainer = Trainer(cfg, device="cpu")
+    trainer.load_state()
+    trainer.export(a.out)
+    print(f"exported step {trainer.step} to {a.out}")
+    return 0
+
+
+def _add_common(p, sampler=True) -> None:
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
+    if sampler:
+        p.add_argument("--sampler", default="ddim", choices=["ddim", "chain", "ddpm"])
+        p.add_argument("--steps", type=int, default=10, help="network calls for ddim")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--data-dir", help="torchvision data folder (default $DIFFOOD_DATA_DIR, then ~/.cache/diffood/data)")
+    p.add_argument("--download", action="store_true", help="allow torchvision to download missing data sets")
+
+
+def _setup(a) -> None:
+    if getattr(a, "download", False):
+        os.environ["DIFFOOD_DOWNLOAD"] = "1"
+
+
+def _load(a):
+    from .diffusion import default_device
+    from .model import load_checkpoint
+
+    return load_checkpoint(a.checkpoint or DEFAULT_CHECKPOINT, device=a.device or default_device())
+
+
+def _add_evaluate(sub) -> None:
+    from .data import OOD_SETS
+    from .evaluate import DEFAULT_TS
+
+    p = sub.add_parser("evaluate", help="score ID vs OOD sets over t; print AUROC / FPR95, write CSVs")
+    _add_common(p)
+    p.add_argument("--ood", nargs="+", default=["mnist"], choices=sorted(OOD_SETS), help="OOD sets")
+    p.add_argument("--t", nargs="+", type=int, default=list(DEFAULT_TS), help="timesteps to score at")
+    p.add_argument("--multi-t", nargs="+", type=int, help="timesteps combined into multi-t (default: all --t)")
+    p.add_argument("--n", type=int, default=1000, help="ID test images, and images per OOD set")
+    p.add_argument("--n-val", type=int, default=500, help="ID validation images (z-score statistics)")
+    p.add_argument("--no-lpips", action="store_true", help="MSE only")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--cache-dir", help="where score tables are cached (default ~/.cache/diffood/evals)")
+    p.add_argument("--out", default="diffood_eval", help="prefix of the CSVs written: PREFIX_scores.csv, PREFIX_summary.csv")
+
+
+def _cmd_evaluate(a) -> int:
+    from tqdm.auto import tqdm
+
+    from .evaluate import EvalConfig, evaluate
+
+    cfg = EvalConfig(checkpoint=a.checkpoint, ood=tuple(a.ood), ts=tuple(a.t), multi_ts=tuple(a.multi_t) if a.multi_t else None,
+                     sampler=a.sampler, steps=a.steps, n=a.n, n_val=a.n_val, seed=a.seed, lpips=not a.no_lpips,
+                     batch_size=a.batch_size, data_dir=a.data_dir, cache_dir=a.cache_dir, device=a.device)
+    bar = tqdm(unit="img", dynamic_ncols=True)
+
+    def progress(done, total, what):
+        bar.total = total
+        bar.set_description(what)
+        bar.update(done - bar.n)
+
+    result = evaluate(cfg, _load(a), progress)
+    bar.close()
+    result.scores.to_csv(f"{a.out}_scores.csv", index=False)
+    result.summary.to_csv(f"{a.out}_summary.csv", index=False)
+    with pd.option_context("display.max_rows", None, "display.width", 120):
+        print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    source = "computed" if result.computed else f"read from {result.cache_file}"
+    print(f"\nscores {source}; wrote {a.out}_scores.csv and {a.out}_summary.csv")
+    return 0
+
+
+def _add_reconstruct(sub) -> None:
+    from .data import ID_DATASET, OOD_SETS
+
+    p = sub.add_parser("reconstruct", help="PNG grid: original, then noised / reconstruction / |error| per t")
+    _add_common(p)
+    p.add_argument("--dataset", default=ID_DATASET, choices=[ID_DATASET, *sorted(OOD_SETS)])
+    p.add_argument("--t", nargs="+", type=int, default=[500])
+    p.add_argument("--n", type=int, default=8, help="images (rows)")
+    p.add_argument("--out", default="reconstruction.png")
+
+
+def _cmd_reconstruct(a) -> int:
+    from torchvision.utils import save_image
+
+    from .data import load_images, to_model_input, to_pixels
+    from .diffusion import make_scheduler, reconstruct
+    from .scoring import noise_for
+
+    ckpt = _load(a)
+    device = next(ckpt.model.parameters()).device
+    x0 = to_model_input(load_images(a.dataset, "test", a.n, a.seed, a.data_dir)).to(device)
+    columns = [to_pixels(x0)]
+    for t in a.t:
+        xt, recon = reconstruct(ckpt.model, x0, t, make_scheduler(), a.sampler, a.steps,
+                                torch.Generator().manual_seed(a.seed + t), noise=noise_for(len(x0), t, a.seed))
+        columns += [to_pixels(xt), to_pixels(recon), (to_pixels(recon) - to_pixels(x0)).abs()]
+    grid = torch.stack(columns, dim=1).flatten(0, 1)  # row-major: one row per image
+    save_image(grid, a.out, nrow=len(columns), padding=2, pad_value=0.5)
+    print(f"wrote {a.out}: {a.n} {a.dataset} images; columns: original" + "".join(
+        f", noised/reconstruction/|error| at t={t}" for t in a.t))
+    return 0
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="score image files against the ID statistics and print verdicts")
+    _add_common(p)
+    p.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
+    p.add_argument("--no-invert", action="store_true", help="never invert light backgrounds")
+
+
+def _cmd_score(a) -> int:
+    from .data import load_user_image
+    from .evaluate import EvalConfig, evaluate
+    from .perceptual import get_lpips
+    from .verdict import Reference, judge
+
+    ckpt = _load(a)
+    device = next(ckpt.model.parameters()).device
+    result = evaluate(EvalConfig(checkpoint=a.checkpoint, ood=(), sampler=a.sampler, steps=a.steps, seed=a.seed,
+                                 data_dir=a.data_dir, device=str(device)), ckpt)
+    reference = Reference.from_result(result)
+    failed = 0
+    for path in a.images:
+        try:
+            x = load_user_image(Path(path).read_bytes(), invert=False if a.no_invert else None)
+        except (DiffoodError, OSError) as e:
+            print(f"{path}: error: {e}")
+            failed += 1
+            continue
+        v = judge(x, ckpt, reference, a.sampler, a.steps, a.seed, get_lpips(str(device)))[0]
+        print(f"{path}: {v.describe()}")
+    return 1 if failed else 0
+
+
+COMMANDS = {
+    "evaluate": (_add_evaluate, _cmd_evaluate),
+    "reconstruct": (_add_reconstruct, _cmd_reconstruct),
+    "score": (_add_score, _cmd_score),
+    "train": (_add_train, _cmd_train),
+    "export": (_add_export, _cmd_export),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m diffood", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    _setup(a)
+    try:
+        return COMMANDS[a.command][1](a)
+    except (DiffoodError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

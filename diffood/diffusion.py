@@ -1,0 +1,161 @@
+"""Noising and reconstruction on the cosine DDPM schedule (diffusers schedulers), batched, on any device.
+
+Convention: t counts forward noising steps, 0..T. t = 0 is the clean image (reconstruction returns it
+unchanged), t = T is pure noise. x_t at t >= 1 is what diffusers calls timestep t - 1, so the network
+is called with t - 1, and reconstructing from t with the `chain` sampler takes exactly t calls.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+from diffusers import DDPMScheduler
+
+NUM_TRAIN_TIMESTEPS = 1000
+Sampler = Literal["chain", "ddpm", "ddim"]
+SAMPLERS: dict[str, str] = {
+    "ddim": "deterministic DDIM (eta 0), `steps` evenly spaced network calls from t to 0",
+    "chain": "every step from t to 0, deterministic DDPM posterior mean (t network calls)",
+    "ddpm": "every step from t to 0, ancestral DDPM with fresh noise (t network calls)",
+}
+
+
+def make_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> DDPMScheduler:
+    """The cosine schedule (Nichol & Dhariwal) the model is trained on; predicted x0 clipped to [-1, 1]."""
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="epsilon",
+        clip_sample=True,
+    )
+
+
+def alpha_bars(scheduler: DDPMScheduler) -> torch.Tensor:
+    """Cumulative signal fraction indexed by our t: alpha_bars[0] = 1, alpha_bars[t] = diffusers' [t - 1]."""
+    return torch.cat([torch.ones(1), scheduler.alphas_cumprod.float()])
+
+
+def default_device() -> torch.device:
+    """CUDA, then Apple MPS, then CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def add_noise(
+    x0: torch.Tensor,
+    t: int | torch.Tensor,
+    scheduler: DDPMScheduler,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, with t a number or one per image.
+
+    Noise is drawn on the CPU from `generator`, so a seed gives the same x_t on every device.
+    """
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    abar = alpha_bars(scheduler).to(x0.device)[torch.as_tensor(t, device=x0.device).long()]
+    abar = abar.reshape(-1, *([1] * (x0.dim() - 1))) if abar.dim() else abar
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+
+def _predict_x0(x: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    return ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
+
+
+def _eps(model: Callable, x: torch.Tensor, t: int) -> torch.Tensor:
+    timestep = torch.full((x.shape[0],), t - 1, device=x.device, dtype=torch.long)
+    return model(x, timestep).sample.float()
+
+
+def ddim_timesteps(t: int, steps: int) -> list[int]:
+    """`steps` evenly spaced values from t down to 0 (fewer when t < steps), t first, 0 last."""
+    return sorted({round(t * k / steps) for k in range(steps + 1)}, reverse=True)
+
+
+def _denoise_ddim(model, x: torch.Tensor, t: int, steps: int, abars: torch.Tensor) -> torch.Tensor:
+    ts = ddim_timesteps(t, steps)
+    for s, s_next in zip(ts[:-1], ts[1:]):
+        eps = _eps(model, x, s)
+        x0 = _predict_x0(x, eps, abars[s])
+        x = abars[s_next].sqrt() * x0 + (1 - abars[s_next]).sqrt() * eps
+    return x
+
+
+def posterior_mean(x: torch.Tensor, eps: torch.Tensor, t: int, abars: torch.Tensor) -> torch.Tensor:
+    """Mean of q(x_{t-1} | x_t, x0_hat), the DDPM step without its noise (Ho et al. eq. 7)."""
+    a, a_prev = abars[t], abars[t - 1]
+    beta = 1 - a / a_prev
+    x0 = _predict_x0(x, eps, a)
+    return (a_prev.sqrt() * beta / (1 - a)) * x0 + ((1 - beta).sqrt() * (1 - a_prev) / (1 - a)) * x
+
+
+def _denoise_chain(model, x: torch.Tensor, t: int, abars: torch.Tensor) -> torch.Tensor:
+    for s in range(t, 0, -1):
+        x = posterior_mean(x, _eps(model, x, s), s, abars)
+    return x
+
+
+def _denoise_ddpm(model, x: torch.Tensor, t: int, scheduler: DDPMScheduler, generator) -> torch.Tensor:
+    sched = DDPMScheduler.from_config(scheduler.config)  # a private copy: set_timesteps mutates it
+    sched.set_timesteps(timesteps=list(range(t - 1, -1, -1)))
+    for k in sched.timesteps.tolist():
+        x = sched.step(_eps(model, x, k + 1), k, x, generator=generator).prev_sample
+    return x
+
+
+@torch.inference_mode()
+def reconstruct(
+    model: Callable,
+    x0: torch.Tensor,
+    t: int,
+    scheduler: DDPMScheduler,
+    sampler: Sampler = "ddim",
+    steps: int = 10,
+    generator: torch.Generator | None = None,
+    batch_size: int = 500,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise x0 to t, denoise back with `sampler`; returns (x_t, reconstruction), both like x0.
+
+    Runs on x0's device in batches of `batch_size`; the model must live on the same device.
+    """
+    if not 0 <= t <= scheduler.config.num_train_timesteps:
+        raise ValueError(f"t must lie in [0, {scheduler.config.num_train_timesteps}], got {t}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator)
+    xt = add_noise(x0, t, scheduler, noise=noise.to(x0.device))
+    if t == 0:
+        return xt, x0.clone()
+    abars = alpha_bars(scheduler).to(x0.device)
+    out = []
+    for xb in xt.split(batch_size):
+        if sampler == "ddim":
+            out.append(_denoise_ddim(model, xb, t, steps, abars))
+        elif sampler == "chain":
+            out.append(_denoise_chain(model, xb, t, abars))
+        else:
+            out.append(_denoise_ddpm(model, xb, t, scheduler, generator))
+    return xt, torch.cat(out)
+
+
+@torch.inference_mode()
+def generate(
+    model: Callable,
+    n: int,
+    scheduler: DDPMScheduler,
+    steps: int = 50,
+    generator: torch.Generator | None = None,
+    image_size: int = 28,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Samples from pure noise (DDIM from t = T): what the model believes in-distribution looks like."""
+    x = torch.randn((n, 1, image_size, image_size), generator=generator).to(device)
+    T = scheduler.config.num_train_timesteps
+    return _denoise_ddim(model, x, T, steps, alpha_bars(scheduler).to(device))

@@ -1,0 +1,61 @@
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from diffood.cli import main
+from tests.conftest import ROOT, needs_data
+
+
+@pytest.mark.parametrize("command", ["evaluate", "reconstruct", "score", "train", "export"])
+def test_help_works_offline(command):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "no_proxy": "*", "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    out = subprocess.run([sys.executable, "-m", "diffood", command, "--help"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"python -m diffood {command}" in out.stdout
+
+
+@needs_data
+def test_evaluate_prints_the_summary_and_writes_csvs(tiny_checkpoint, tmp_path, capsys):
+    prefix = tmp_path / "ev"
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--t", "100", "600", "--n", "8", "--n-val", "8",
+                 "--steps", "2", "--ood", "mnist", "uniform", "--out", str(prefix)]) == 0
+    out = capsys.readouterr().out
+    assert "auroc" in out and "multi-t" in out and "uniform" in out
+    summary = pd.read_csv(f"{prefix}_summary.csv")
+    assert set(summary["ood"]) == {"mnist", "uniform"}
+    assert len(pd.read_csv(f"{prefix}_scores.csv")) == (8 + 8 + 8 + 8) * 2
+
+
+@needs_data
+def test_reconstruct_writes_a_grid(tiny_checkpoint, tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["reconstruct", "--checkpoint", str(tiny_checkpoint), "--n", "3", "--t", "100", "700",
+                 "--steps", "2", "--dataset", "mnist", "--out", str(out)]) == 0
+    w, h = Image.open(out).size
+    assert (w, h) == (7 * 30 + 2, 3 * 30 + 2)  # 7 columns (original + 3 per t), 3 rows, 2 px padding
+
+
+@needs_data
+def test_score_prints_a_verdict_per_file_and_an_error_for_bad_ones(tiny_checkpoint, tmp_path, capsys):
+    good, bad = tmp_path / "shirt.png", tmp_path / "notes.txt"
+    img = Image.new("L", (40, 40), 255)
+    img.paste(0, (10, 5, 30, 35))
+    img.save(good)
+    bad.write_text("not an image")
+    code = main(["score", "--checkpoint", str(tiny_checkpoint), "--steps", "2", str(good), str(bad)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "shirt.png: looks in-distribution" in out or "shirt.png: likely OOD" in out
+    assert "notes.txt: error: not a readable image" in out
+
+
+
+def test_a_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
+    assert main(["reconstruct", "--checkpoint", str(tmp_path / "nope")]) == 2
+    assert "error: checkpoint folder not found" in capsys.readouterr().err

@@ -1,0 +1,114 @@
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from diffood.diffusion import (
+    SAMPLERS,
+    add_noise,
+    alpha_bars,
+    ddim_timesteps,
+    generate,
+    make_scheduler,
+    posterior_mean,
+    reconstruct,
+)
+
+sched = make_scheduler()
+
+
+def images(n=4, seed=0):
+    return torch.rand((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_noising_at_zero_is_identity_and_at_the_end_nearly_pure_noise():
+    x0 = images(64)
+    assert torch.equal(add_noise(x0, 0, sched, torch.Generator().manual_seed(0)), x0)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    xt = add_noise(x0, 999, sched, noise=noise)
+    assert alpha_bars(sched)[999] < 1e-4
+    assert torch.corrcoef(torch.stack([xt.flatten(), x0.flatten()]))[0, 1].abs() < 0.02
+    assert (xt - noise).abs().max() < 0.02
+
+
+def test_noising_matches_diffusers_one_step_shifted():
+    x0, noise = images(3), torch.randn(3, 1, 28, 28)
+    t = torch.tensor([1, 250, 1000])
+    assert torch.allclose(add_noise(x0, t, sched, noise=noise), sched.add_noise(x0, noise, t - 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_every_sampler_returns_the_input_at_t0(tiny_unet, sampler):
+    x0 = images()
+    xt, rec = reconstruct(tiny_unet, x0, 0, sched, sampler, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(rec, x0) and torch.equal(xt, x0)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_every_sampler_is_deterministic_under_a_seed(tiny_unet, sampler):
+    x0 = images()
+    a = reconstruct(tiny_unet, x0, 30, sched, sampler, 5, torch.Generator().manual_seed(7))[1]
+    b = reconstruct(tiny_unet, x0, 30, sched, sampler, 5, torch.Generator().manual_seed(7))[1]
+    c = reconstruct(tiny_unet, x0, 30, sched, sampler, 5, torch.Generator().manual_seed(8))[1]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert a.shape == x0.shape and a.abs().max() <= 1
+
+
+def test_batching_does_not_change_the_result(tiny_unet):
+    x0 = images(6)
+    noise = torch.randn(x0.shape)
+    a = reconstruct(tiny_unet, x0, 300, sched, "ddim", 10, noise=noise, batch_size=6)[1]
+    b = reconstruct(tiny_unet, x0, 300, sched, "ddim", 10, noise=noise, batch_size=4)[1]
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_ddim_timesteps_are_evenly_spaced_from_t_to_zero():
+    assert ddim_timesteps(500, 10) == list(range(500, -1, -50))
+    assert ddim_timesteps(3, 10) == [3, 2, 1, 0]
+    assert len(ddim_timesteps(333, 10)) == 11
+
+
+def test_ddim_agrees_with_diffusers_ddim_scheduler(tiny_unet):
+    """Ours at t=500, 10 steps == diffusers' DDIMScheduler (eta 0) stepping timesteps 499, 449, ..., 49."""
+    x0, noise = images(), torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    xt, ours = reconstruct(tiny_unet, x0, 500, sched, "ddim", 10, noise=noise)
+    ddim = DDIMScheduler.from_config(sched.config, set_alpha_to_one=True)
+    ddim.set_timesteps(20)  # stride 1000 // 20 = 50, the stride of 10 steps from 500
+    x = xt.clone()
+    with torch.no_grad():
+        for k in range(499, 0, -50):
+            x = ddim.step(tiny_unet(x, torch.full((4,), k)).sample, k, x, eta=0.0).prev_sample
+    assert torch.allclose(ours, x, atol=1e-5)
+
+
+def test_one_chain_step_is_the_closed_form_posterior_mean(tiny_unet):
+    x0 = images()
+    t = 137
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+    _, ours = reconstruct(tiny_unet, x0, 1, sched, "chain", noise=noise)  # t=1: exactly one step
+    xt = add_noise(x0, 1, sched, noise=noise)
+    beta1 = sched.betas[0]  # our t=1 is diffusers' timestep 0, where abar = 1 - beta
+    eps = tiny_unet(xt, torch.zeros(4, dtype=torch.long)).sample
+    x0_hat = ((xt - (beta1).sqrt() * eps) / (1 - beta1).sqrt()).clamp(-1, 1)
+    assert torch.allclose(ours, x0_hat, atol=1e-5)  # abar_0 = 1: the mean is x0_hat itself
+
+    # and a step in the middle, against Ho et al.'s eq. 7 written out with betas
+    abar = torch.cumprod(1 - sched.betas, 0)
+    a_t, a_prev, beta = abar[t - 1], abar[t - 2], sched.betas[t - 1]
+    xt = add_noise(x0, t, sched, noise=noise)
+    eps = tiny_unet(xt, torch.full((4,), t - 1)).sample
+    x0_hat = ((xt - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+    by_hand = a_prev.sqrt() * beta / (1 - a_t) * x0_hat + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * xt
+    assert torch.allclose(posterior_mean(xt, eps, t, alpha_bars(sched)), by_hand, atol=1e-5)
+
+
+def test_bad_arguments_are_refused(tiny_unet):
+    with pytest.raises(ValueError, match="t must lie"):
+        reconstruct(tiny_unet, images(), 1001, sched)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        reconstruct(tiny_unet, images(), 10, sched, "plms")
+
+
+def test_generate_gives_images_in_range(tiny_unet):
+    x = generate(tiny_unet, 2, sched, steps=3, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 1, 28, 28) and x.abs().max() <= 1

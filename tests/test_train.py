@@ -1,0 +1,92 @@
+import os
+import shutil
+import subprocess
+
+import textwrap
+
+import pytest
+import torch
+from diffusers import UNet2DModel
+from safetensors.torch import load_file
+
+from diffood.model import load_checkpoint
+from diffood.train import TrainConfig, batch_indices, lr_at, run
+from tests.conftest import DATA_DIR, ROOT, TINY, needs_data
+
+
+def _cfg(run_dir, **kw):
+    return TrainConfig(run_dir=str(run_dir), model=TINY, epochs=1, batch_size=16, limit_images=160, save_every=4,
+                       log_every=2, warmup_steps=3, data_dir=str(DATA_DIR), **kw)
+
+
+def test_learning_rate_warms_up_then_decays():
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    lrs = [lr_at(s, cfg, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(1e-4, rel=0.01)
+
+
+def test_batches_cover_each_epoch_once():
+    seen = torch.cat([batch_indices(s, 100, 10, seed=0) for s in range(10)])
+    assert sorted(seen.tolist()) == list(range(100))
+    assert not torch.equal(batch_indices(10, 100, 10, 0), batch_indices(0, 100, 10, 0))  # reshuffled
+
+
+@needs_data
+def test_resume_continues_bit_for_bit(tmp_path):
+    straight = run(_cfg(tmp_path / "a"), progress=False)
+    run(_cfg(tmp_path / "b"), max_steps=5, progress=False)
+    resumed = run(_cfg(tmp_path / "b"), resume=True, progress=False, export_dir=tmp_path / "export")
+    assert straight.step == resumed.step == 10
+    for name in ("model", "ema"):
+        a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    for k, v in straight.optimizer.state_dict()["state"][0].items():
+        assert torch.equal(torch.as_tensor(v), torch.as_tensor(resumed.optimizer.state_dict()["state"][0][k]))
+    log = (tmp_path / "b" / "train_log.csv").read_text().splitlines()
+    assert log[0].startswith("step,") and [int(r.split(",")[0]) for r in log[1:]] == [2, 4, 5, 6, 8, 10]
+    # the export is the EMA copy, readable by diffood and by diffusers alone
+    ckpt = load_checkpoint(tmp_path / "export")
+    assert ckpt.meta.training["steps"] == 10 and ckpt.meta.training["images_seen"] == 160
+    assert torch.equal(ckpt.model.conv_in.weight, straight.ema.conv_in.weight)
+    assert torch.equal(UNet2DModel.from_pretrained(tmp_path / "export").conv_in.weight, straight.ema.conv_in.weight)
+
+
+@needs_data
+def test_a_run_is_not_overwritten_and_resume_needs_a_run(tmp_path):
+    run(_cfg(tmp_path / "r"), max_steps=1, progress=False)
+    with pytest.raises(FileExistsError):
+        run(_cfg(tmp_path / "r"), progress=False)
+    with pytest.raises(FileNotFoundError):
+        run(_cfg(tmp_path / "none"), resume=True, progress=False)
+
+
+@needs_data
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_torchrun_two_cpu_ranks_end_with_identical_weights(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch.distributed as dist
+        from safetensors.torch import save_file
+        from diffood.model import ModelConfig
+        from diffood.train import TrainConfig, run
+        cfg = TrainConfig(run_dir={str(tmp_path / 'ddp')!r}, model=ModelConfig(block_out_channels=(8, 16, 16),
+                          norm_num_groups=4, attention_head_dim=4), epochs=1, batch_size=16, limit_images=96,
+                          warmup_steps=2, data_dir={str(DATA_DIR)!r})
+        t = run(cfg, device="cpu", progress=False)
+        save_file({{k: v.contiguous() for k, v in t.model.state_dict().items()}}, {str(tmp_path)!r} + f"/rank{{dist.get_rank()}}.safetensors")
+        dist.destroy_process_group()
+    """))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", str(script)], env=env,
+                          timeout=300, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    # the global batch is split, not replaced: one process with the same settings lands close by
+    single = run(TrainConfig(run_dir=str(tmp_path / "single"), model=TINY, epochs=1, batch_size=16,
+                             limit_images=96, warmup_steps=2, data_dir=str(DATA_DIR)), device="cpu", progress=False)
+    ref = single.model.state_dict()
+    assert all(torch.allclose(r0[k], ref[k], atol=1e-4) for k in r0)
+
