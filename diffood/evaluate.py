@@ -21,7 +21,7 @@ import torch
 from .data import ID_DATASET, load_images, to_model_input
 from .diffusion import default_device, make_scheduler
 from .metrics import auroc, fpr_at_95_tpr
-from .model import DEFAULT_CHECKPOINT, Checkpoint, temp_beside, atomic_write_text, load_checkpoint
+from .model import DEFAULT_CHECKPOINT, Checkpoint, publish, temp_beside, atomic_write_text, load_checkpoint
 from .perceptual import get_lpips
 from .scoring import METRICS, MULTI_T, id_statistics, multi_t_scores, score_images
 
@@ -67,7 +67,7 @@ class EvalResult:
     summary: pd.DataFrame  # SUMMARY_COLUMNS; t is NaN on multi-t rows
     config: EvalConfig
     cache_file: Path | None = None
-    computed: list[tuple[str, int]] = field(default_factory=list)  # (set, t) pairs computed, not read
+    computed: list[tuple[str, str, int]] = field(default_factory=list)  # (role, set, t) computed, not read
 
     @property
     def stats(self) -> pd.DataFrame:
@@ -85,7 +85,7 @@ def _write_atomic_csv(df: pd.DataFrame, path: Path) -> None:
     tmp = temp_beside(path)
     try:
         df.to_csv(tmp, index=False, float_format="%.6g", compression="gzip")
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -112,6 +112,25 @@ def summarize(scores: pd.DataFrame, multi_ts=None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
+def _plan(cfg: EvalConfig, checkpoint: Checkpoint, lpips_available: bool):
+    """(cached scores, where they came from, where to write, [((role, set, split, n), [t missing])])."""
+    key = cfg.cache_key(checkpoint.sha256, lpips_available)
+    write_path = Path(cfg.cache_dir or default_cache_dir()) / f"{key}.csv.gz"
+    cached, found = _read_cached([write_path, checkpoint.path / "evals" / f"{key}.csv.gz"])
+    sets = [("id_val", *ROLES["id_val"], cfg.n_val)]  # ID test images only matter against an OOD set
+    sets += [("id", *ROLES["id"], cfg.n)] if cfg.ood else []
+    sets += [("ood", name, "test", cfg.n) for name in cfg.ood]
+    have = set(zip(cached["role"], cached["dataset"], cached["t"]))
+    todo = [(s, [t for t in cfg.ts if (s[0], s[1], t) not in have]) for s in sets]
+    return cached, found, write_path, [(s, ts) for s, ts in todo if ts]
+
+
+def pending_images(cfg: EvalConfig, checkpoint: Checkpoint) -> int:
+    """How many image reconstructions `evaluate(cfg)` still has to run (0: it only reads the cache)."""
+    lpips_available = cfg.lpips and get_lpips("cpu") is not None
+    return sum(s[3] * len(ts) for s, ts in _plan(cfg, checkpoint, lpips_available)[3])
+
+
 def evaluate(
     cfg: EvalConfig,
     checkpoint: Checkpoint | None = None,
@@ -125,16 +144,7 @@ def evaluate(
     model = checkpoint.model
     device = next(model.parameters()).device
     lpips_net = get_lpips(str(device)) if cfg.lpips else None
-    key = cfg.cache_key(checkpoint.sha256, lpips_net is not None)
-    write_path = Path(cfg.cache_dir or default_cache_dir()) / f"{key}.csv.gz"
-    cached, found = _read_cached([write_path, checkpoint.path / "evals" / f"{key}.csv.gz"])
-
-    sets = [("id_val", *ROLES["id_val"], cfg.n_val)]  # ID test images only matter against an OOD set
-    sets += [("id", *ROLES["id"], cfg.n)] if cfg.ood else []
-    sets += [("ood", name, "test", cfg.n) for name in cfg.ood]
-    have = set(zip(cached["role"], cached["dataset"], cached["t"]))
-    todo = [(s, [t for t in cfg.ts if (s[0], s[1], t) not in have]) for s in sets]
-    todo = [(s, ts) for s, ts in todo if ts]
+    cached, found, write_path, todo = _plan(cfg, checkpoint, lpips_net is not None)
     total = sum(s[3] * len(ts) for s, ts in todo)
     done, frames, computed = 0, [cached], []
     scheduler = make_scheduler(checkpoint.meta.num_train_timesteps)
@@ -145,14 +155,11 @@ def evaluate(
             nonlocal done
             done += k
             if progress:
-                progress(done, total, f"{_name}")
+                progress(done, total, _name)
 
         df = score_images(model, x0, ts, scheduler, cfg.sampler, cfg.steps, cfg.seed, lpips_net, cfg.batch_size, step)
-        df.insert(0, "role", role)
-        df.insert(0, "split", split)
-        df.insert(0, "dataset", name)
-        frames.append(df)
-        computed += [(name, t) for t in ts]
+        frames.append(df.assign(dataset=name, split=split, role=role))
+        computed += [(role, name, t) for t in ts]
     scores = pd.concat([f for f in frames if len(f)], ignore_index=True)[SCORE_COLUMNS]
     if computed:
         _write_atomic_csv(scores, write_path)

@@ -87,19 +87,23 @@ class Checkpoint:
 
 
 def temp_beside(path: Path) -> str:
-    """A temporary file next to `path` (same file system, so os.replace is atomic), mode 0644."""
+    """A temporary file next to `path`: on the same file system, so `publish` can rename it atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
-    os.chmod(tmp, 0o644)
     return tmp
+
+
+def publish(tmp: str, path: Path) -> None:
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600
+    os.replace(tmp, path)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = temp_beside(path)
     try:
         Path(tmp).write_bytes(data)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -114,7 +118,7 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metada
     tmp = temp_beside(path)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -4,7 +4,7 @@ import pytest
 
 from diffood import evaluate as ev
 from diffood.data import load_images, to_model_input
-from diffood.evaluate import SCORE_COLUMNS, SUMMARY_COLUMNS, EvalConfig, evaluate, summarize
+from diffood.evaluate import SCORE_COLUMNS, SUMMARY_COLUMNS, EvalConfig, evaluate, pending_images, summarize
 from diffood.model import load_checkpoint
 from diffood.perceptual import get_lpips
 from diffood.scoring import METRICS, MULTI_T, id_statistics, multi_t_scores
@@ -33,6 +33,7 @@ def test_sweep_tables_have_the_documented_columns(tiny_checkpoint):
 
 @needs_data
 def test_the_cache_returns_the_same_table_without_recomputing(tiny_checkpoint, monkeypatch):
+    assert pending_images(_cfg(tiny_checkpoint), load_checkpoint(tiny_checkpoint)) == (10 + 12 + 12) * 2
     first = evaluate(_cfg(tiny_checkpoint))
     assert first.computed and first.cache_file.is_file()
 
@@ -50,7 +51,8 @@ def test_the_cache_returns_the_same_table_without_recomputing(tiny_checkpoint, m
 def test_another_t_computes_only_what_is_missing_and_matches_a_fresh_run(tiny_checkpoint, tmp_path):
     evaluate(_cfg(tiny_checkpoint))
     more = evaluate(EvalConfig(**{**_cfg(tiny_checkpoint).__dict__, "ts": (50, 400, 700)}))
-    assert {t for _, t in more.computed} == {700}
+    assert {t for *_, t in more.computed} == {700}
+    assert pending_images(more.config, load_checkpoint(tiny_checkpoint)) == 0
     fresh = evaluate(EvalConfig(**{**_cfg(tiny_checkpoint).__dict__, "ts": (50, 400, 700), "cache_dir": str(tmp_path)}))
     key = ["role", "dataset", "t", "index"]
     a, b = more.scores.sort_values(key).reset_index(drop=True), fresh.scores.sort_values(key).reset_index(drop=True)

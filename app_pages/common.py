@@ -1,0 +1,151 @@
+"""What every page shares: the sidebar settings, the cached model and tables, and image helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+
+from diffood.data import ID_DATASET, OOD_SETS
+from diffood.diffusion import SAMPLERS, default_device
+from diffood.errors import DiffoodError
+from diffood.evaluate import DEFAULT_TS, EvalConfig, EvalResult, evaluate, pending_images
+from diffood.model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
+from diffood.perceptual import get_lpips, lpips_status
+
+DATASET_LABELS = {ID_DATASET: "FashionMNIST (ID)", **{k: k for k in OOD_SETS}}
+DEFAULTS = {
+    "checkpoint": os.environ.get("DIFFOOD_CHECKPOINT", str(DEFAULT_CHECKPOINT)),
+    "ood": "mnist",
+    "sampler": "ddim",
+    "steps": 10,
+    "seed": 0,
+    "eval_ts": list(DEFAULT_TS),
+    "eval_n": 1000,
+}
+
+
+def _init_state() -> None:
+    for key, value in DEFAULTS.items():
+        st.session_state.setdefault(key, value)
+        # re-assigning keeps widget values alive across pages that do not render the widget
+        st.session_state[key] = st.session_state[key]
+
+
+def sidebar() -> None:
+    """The settings every page reads, kept in st.session_state so they persist across pages."""
+    _init_state()
+    with st.sidebar:
+        st.header("Settings")
+        st.text_input("Checkpoint folder", key="checkpoint", help="A diffusers-layout folder with diffood.json")
+        st.selectbox("OOD set", list(OOD_SETS), key="ood", format_func=lambda k: f"{k}: {OOD_SETS[k]}")
+        st.selectbox("Sampler", list(SAMPLERS), key="sampler", help="\n\n".join(f"**{k}**: {v}" for k, v in SAMPLERS.items()))
+        st.number_input("DDIM steps", 1, 100, key="steps", disabled=st.session_state["sampler"] != "ddim")
+        st.number_input("Seed", 0, 2**31 - 1, key="seed")
+        st.divider()
+        st.caption(f"Device: **{device_name()}**")
+        status = lpips_status()
+        st.caption(("✅ " if status.available else "⚠️ ") + str(status))
+
+
+def device_name() -> str:
+    d = default_device()
+    return f"CUDA ({torch.cuda.get_device_name()})" if d.type == "cuda" else d.type.upper()
+
+
+@st.cache_resource(show_spinner="Loading the model…")
+def load_model(path: str) -> Checkpoint:
+    return load_checkpoint(path, device=default_device())
+
+
+def checkpoint() -> Checkpoint:
+    """The chosen checkpoint, or a clear message on the page and a stop."""
+    try:
+        return load_model(str(Path(st.session_state["checkpoint"]).expanduser()))
+    except DiffoodError as e:
+        st.error(f"Could not load the checkpoint: {e}")
+        st.stop()
+
+
+def eval_config(ood: tuple[str, ...] | None = None) -> EvalConfig:
+    s = st.session_state
+    return EvalConfig(checkpoint=s["checkpoint"], ood=(s["ood"],) if ood is None else ood,
+                      ts=tuple(sorted(s["eval_ts"])), sampler=s["sampler"], steps=int(s["steps"]), n=int(s["eval_n"]),
+                      seed=int(s["seed"]), device=str(default_device()))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _read_evaluation(config_json: str, sha: str) -> EvalResult:
+    cfg = EvalConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(config_json).items()})
+    return evaluate(cfg, load_model(cfg.checkpoint))
+
+
+def evaluation(cfg: EvalConfig) -> EvalResult | None:
+    """The evaluation table for cfg if it needs no computing (shipped or cached); else a button that
+    computes it with a progress bar. Returns None while it is not there."""
+    ckpt = checkpoint()
+    missing = pending_images(cfg, ckpt)
+    if missing:
+        st.info(f"These settings have not been evaluated yet: {missing:,} reconstructions to run "
+                f"({', '.join(cfg.ood) or 'ID reference only'}; t = {', '.join(map(str, cfg.ts))}; n = {cfg.n}).")
+        if not st.button("Compute now", type="primary"):
+            return None
+        bar = st.progress(0.0, text="Scoring…")
+        try:
+            evaluate(cfg, ckpt, lambda done, total, what: bar.progress(done / total, text=f"Scoring {what}: {done:,}/{total:,}"))
+        except DiffoodError as e:
+            st.error(str(e))
+            return None
+        st.rerun()  # redraw without the button, now reading the cache
+    try:
+        return _read_evaluation(json.dumps(asdict(cfg)), ckpt.sha256)
+    except DiffoodError as e:
+        st.error(str(e))
+        return None
+
+
+def to_display(x: torch.Tensor, scale: int = 4) -> np.ndarray:
+    """A [0, 1] image (1, H, W) -> uint8 (H*scale, W*scale), upscaled without blur."""
+    a = (x.squeeze(0).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    return a.repeat(scale, 0).repeat(scale, 1)
+
+
+def heat(err: torch.Tensor, scale: int = 4) -> np.ndarray:
+    """|error| in [0, 1] -> an RGB 'hot' map (black, red, yellow, white), upscaled."""
+    e = err.squeeze(0).clamp(0, 1).cpu().numpy()
+    rgb = np.stack([np.clip(3 * e, 0, 1), np.clip(3 * e - 1, 0, 1), np.clip(3 * e - 2, 0, 1)], -1)
+    return (rgb * 255).round().astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
+
+
+def gray_to_rgb(a: np.ndarray) -> np.ndarray:
+    return np.repeat(a[..., None], 3, -1)
+
+
+def strip(panels: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    """Panels (RGB, same height) side by side with a gap, as one image."""
+    h = panels[0].shape[0]
+    sep = np.full((h, gap, 3), 40, np.uint8)
+    out = []
+    for p in panels:
+        out += [p if p.ndim == 3 else gray_to_rgb(p), sep]
+    return np.concatenate(out[:-1], axis=1)
+
+
+def lpips_net():
+    return get_lpips(str(default_device()))
+
+
+def evaluation_controls() -> None:
+    """Which t and how many images the tables use; changes that need computing offer a button."""
+    with st.expander("Evaluate more t values or more images"):
+        st.multiselect("t values", sorted({*range(25, 1000, 25), *DEFAULT_TS}), key="eval_ts")
+        st.select_slider("Images per set", [100, 250, 500, 1000, 2000], key="eval_n",
+                         help="FashionMNIST test and OOD images; 500 ID validation images set the z-score statistics")
+        if not st.session_state["eval_ts"]:
+            st.warning("Choose at least one t.")
+            st.stop()

@@ -1,0 +1,56 @@
+"""Score histograms: ID vs OOD score distributions at one t, with a movable threshold."""
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from diffood.metrics import auroc, rates_at_threshold, threshold_at_tpr
+from diffood.scoring import METRICS, MULTI_T, multi_t_scores
+from app_pages.common import eval_config, evaluation, evaluation_controls
+
+st.title("Score histograms")
+evaluation_controls()
+cfg = eval_config()
+result = evaluation(cfg)
+if result is None:
+    st.stop()
+
+scores, ood = result.scores, cfg.ood[0]
+metric = st.radio("Score", [*METRICS, MULTI_T], horizontal=True, key="hist_metric",
+                  help="multi-t: mean over t of the z-scored MSE and LPIPS")
+if metric == MULTI_T:
+    keys = ["role", "dataset"]
+    table = multi_t_scores(scores, result.stats, keys=keys).rename(columns={MULTI_T: "score"})
+    label = f"multi-t over t = {', '.join(map(str, cfg.ts))}"
+else:
+    t = st.select_slider("t", sorted(scores["t"].unique()), value=min(scores["t"].unique(), key=lambda v: abs(v - 700)), key="hist_t")
+    table = scores[scores["t"] == t].rename(columns={metric: "score"})
+    label = f"{metric} at t = {t}"
+id_s = table.loc[table["role"] == "id", "score"].to_numpy()
+ood_s = table.loc[table["role"] == "ood", "score"].to_numpy()
+val_s = table.loc[table["role"] == "id_val", "score"].to_numpy()
+if np.isnan(id_s).all():
+    st.warning("LPIPS is unavailable (see the sidebar), so this score has no values.")
+    st.stop()
+
+default_thr = threshold_at_tpr(val_s, 0.95)
+lo, hi = float(np.nanmin(np.r_[id_s, ood_s])), float(np.nanmax(np.r_[id_s, ood_s]))
+thr = st.slider("Threshold (score above it = OOD)", lo, hi, float(np.clip(default_thr, lo, hi)), (hi - lo) / 500,
+                format="%.4f", key=f"thr-{metric}-{label}")
+id_ok, ood_ok = rates_at_threshold(id_s, ood_s, thr)
+
+fig = go.Figure()
+fig.add_histogram(x=id_s, name="FashionMNIST test (ID)", opacity=0.6, histnorm="probability density", nbinsx=60)
+fig.add_histogram(x=ood_s, name=f"{ood} (OOD)", opacity=0.6, histnorm="probability density", nbinsx=60)
+fig.add_vline(x=thr, line_dash="dash", annotation_text="threshold")
+fig.update_layout(barmode="overlay", title=f"{label}: AUROC {auroc(id_s, ood_s):.3f}", xaxis_title="score (higher = more OOD)",
+                  yaxis_title="density", legend=dict(orientation="h", y=-0.2))
+st.plotly_chart(fig, config={"toImageButtonOptions": {"format": "png", "filename": "diffood_histogram"}})
+
+c1, c2, c3 = st.columns(3)
+c1.metric("ID accepted (TPR)", f"{id_ok:.1%}")
+c2.metric("OOD accepted (FPR)", f"{ood_ok:.1%}")
+c3.metric("OOD detected", f"{1 - ood_ok:.1%}")
+st.caption(f"The default threshold {default_thr:.4f} accepts 95 % of the {len(val_s)} ID validation images. "
+           f"{len(id_s)} ID test and {len(ood_s)} OOD images; {cfg.sampler} sampler"
+           + (f", {cfg.steps} steps" if cfg.sampler == "ddim" else "") + f", seed {cfg.seed}.")

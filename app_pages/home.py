@@ -1,0 +1,54 @@
+"""Home: the method in a few lines, the model card, and the way to each page."""
+
+import json
+
+import streamlit as st
+
+from diffood.model import count_parameters
+from app_pages.common import checkpoint
+
+st.title("diffood: out-of-distribution detection by diffusion reconstruction")
+
+left, right = st.columns([3, 2])
+with left:
+    st.markdown(
+        """
+A denoising diffusion model learns **one** distribution: here FashionMNIST clothing. To judge an
+image we **noise** it to a timestep *t*, let the model **reconstruct** it, and measure how far the
+reconstruction lands from the original: pixel MSE plus LPIPS, a perceptual distance on ImageNet
+AlexNet features.
+
+* In-distribution images come back close to themselves.
+* Out-of-distribution images (MNIST digits here) come back **as clothes**, so their error is larger.
+* Too small a *t* and everything reconstructs perfectly; too large and nothing of the input is left.
+  Averaging the z-scored errors over several *t* (Graham et al., CVPR-W 2023) avoids picking one.
+"""
+    )
+    st.page_link("app_pages/reconstruct.py", label="Reconstruct: drag *t*, see what the model makes of each image", icon="🔁")
+    st.page_link("app_pages/histograms.py", label="Score histograms: ID vs OOD at one *t*", icon="📊")
+    st.page_link("app_pages/roc.py", label="ROC / AUROC vs t: where detection works, and the multi-*t* score", icon="📈")
+    st.page_link("app_pages/upload.py", label="Score your image: upload anything and get a verdict", icon="🖼️")
+
+ckpt = checkpoint()
+with right:
+    samples = ckpt.path / "samples.png"
+    if samples.is_file():
+        st.image(str(samples), caption="Samples generated from pure noise: what the model believes clothing looks like",
+                 use_container_width=True)
+    else:
+        st.info("This checkpoint has no samples.png.")
+
+st.subheader("Model card")
+tr = ckpt.meta.training
+card = {
+    "Architecture": f"diffusers UNet2DModel, {count_parameters(ckpt.model) / 1e6:.2f} M parameters, "
+    f"channels {tuple(ckpt.model.config.block_out_channels)}, blocks {', '.join(ckpt.model.config.down_block_types)}",
+    "Schedule": f"{ckpt.meta.beta_schedule} (cosine), T = {ckpt.meta.num_train_timesteps}, {ckpt.meta.prediction_type} prediction",
+    "Data": ckpt.meta.training_data or "not recorded",
+    "Training": (f"{tr['images_seen']:,} images seen ({tr['epochs']} epochs), final loss {tr['final_loss']}, "
+                 f"{tr['wall_time_s'] / 3600:.1f} h on {tr['hardware']}") if tr.get("images_seen") else "not recorded",
+    "Checkpoint": f"{ckpt.path} (sha256 {ckpt.sha256[:12]}…)",
+}
+st.table({"": list(card.keys()), "value": list(card.values())})
+with st.expander("diffood.json"):
+    st.code(json.dumps(tr, indent=2), language="json")
