@@ -10,14 +10,16 @@ from __future__ import annotations
 from typing import Callable, Literal
 
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, PNDMScheduler
 
 NUM_TRAIN_TIMESTEPS = 1000
-Sampler = Literal["chain", "ddpm", "ddim"]
+PLMS_GRID = 100  # PLMS steps over the whole schedule, as Graham et al. use it
+Sampler = Literal["chain", "ddpm", "ddim", "plms"]
 SAMPLERS: dict[str, str] = {
     "ddim": "deterministic DDIM (eta 0), `steps` evenly spaced network calls from t to 0",
     "chain": "every step from t to 0, deterministic DDPM posterior mean (t network calls)",
     "ddpm": "every step from t to 0, ancestral DDPM with fresh noise (t network calls)",
+    "plms": f"PLMS (diffusers PNDMScheduler) on a {PLMS_GRID}-step grid from t (about t/{1000 // PLMS_GRID} calls)",
 }
 
 
@@ -108,6 +110,17 @@ def _denoise_ddpm(model, x: torch.Tensor, t: int, scheduler: DDPMScheduler, gene
     return x
 
 
+def _denoise_plms(model, x: torch.Tensor, t: int, scheduler: DDPMScheduler) -> torch.Tensor:
+    sched = PNDMScheduler.from_config(scheduler.config, skip_prk_steps=True, set_alpha_to_one=True)
+    sched.set_timesteps(PLMS_GRID)
+    # the same grid shifted to start at x_t (diffusers' t - 1); the second entry repeats, as in
+    # diffusers' own PLMS warm-up; the last step lands below 0, i.e. on the clean image
+    grid = list(range(t - 1, -1, -sched.config.num_train_timesteps // PLMS_GRID))
+    for k in grid[:1] + grid[1:2] + grid[1:]:
+        x = sched.step(_eps(model, x, k + 1), k, x).prev_sample
+    return x.clamp(-1, 1)  # PNDM does not clip its x0 predictions as the other samplers do
+
+
 @torch.inference_mode()
 def reconstruct(
     model: Callable,
@@ -140,6 +153,8 @@ def reconstruct(
             out.append(_denoise_ddim(model, xb, t, steps, abars))
         elif sampler == "chain":
             out.append(_denoise_chain(model, xb, t, abars))
+        elif sampler == "plms":
+            out.append(_denoise_plms(model, xb, t, scheduler))
         else:
             out.append(_denoise_ddpm(model, xb, t, scheduler, generator))
     return xt, torch.cat(out)

@@ -1,0 +1,169 @@
+"""End to end: the real `streamlit run app.py` on 127.0.0.1, driven in headless Chromium with Playwright.
+
+Uses the shipped checkpoint and an empty data folder, so it also proves the default views need no
+download and no data beyond what the repository ships. Screenshots go to a folder the test prints.
+"""
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from PIL import Image
+
+from diffood.model import DEFAULT_CHECKPOINT
+from tests.conftest import ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run", "--disable-quic"]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed"),
+    pytest.mark.skipif(not (DEFAULT_CHECKPOINT / "config.json").is_file(), reason="no shipped checkpoint"),
+]
+TIMEOUT_MS = 240_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    empty = tmp_path_factory.mktemp("no-data")
+    env = {**os.environ, "DIFFOOD_DATA_DIR": str(empty), "DIFFOOD_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
+    env.pop("DIFFOOD_CHECKPOINT", None)
+    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        log.seek(0)
+        pytest.fail("streamlit did not start:\n" + log.read()[-3000:])
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.seek(0)
+    assert "Traceback" not in log.read(), "the server logged a traceback"
+
+
+@pytest.fixture(scope="module")
+def shots():
+    folder = ROOT / "test-artifacts" / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {folder}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield b
+        b.close()
+
+
+def _page(browser, url, path=""):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{url}/{path}")
+    return page
+
+
+def _settled(page):
+    """Wait until Streamlit has finished running the script."""
+    page.wait_for_selector('[data-testid="stApp"]')
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=TIMEOUT_MS)
+    page.wait_for_timeout(300)
+
+
+def _png_bytes():
+    img = Image.new("RGB", (80, 100), "white")
+    img.paste((20, 20, 20), (20, 15, 60, 85))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_every_page_slider_and_uploads_in_a_real_browser(server, browser, shots):
+    page = _page(browser, server)
+    _settled(page)
+    page.get_by_text("A denoising diffusion model learns").wait_for()
+    assert page.get_by_text("Model card").is_visible()
+    page.screenshot(path=str(shots / "home.png"), full_page=True)
+
+    page.get_by_role("link", name="Reconstruct", exact=True).click()
+    _settled(page)
+    page.get_by_text("mean MSE").first.wait_for()
+    before = page.get_by_text("mean MSE").first.inner_text()
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    for _ in range(10):
+        page.keyboard.press("ArrowRight")
+    _settled(page)
+    page.wait_for_function(f"() => !document.body.innerText.includes({before!r})", timeout=TIMEOUT_MS)
+    assert "at t = 510" in page.get_by_text("mean MSE").first.inner_text()
+    page.screenshot(path=str(shots / "reconstruct.png"), full_page=True)
+
+    page.get_by_role("link", name="Score histograms").click()
+    _settled(page)
+    page.get_by_text("AUROC").first.wait_for()
+    assert page.get_by_text("ID accepted (TPR)").is_visible()
+    assert not page.get_by_text("Compute now").count()  # shipped tables: nothing to compute
+    page.screenshot(path=str(shots / "histograms.png"), full_page=True)
+
+    page.get_by_role("link", name="ROC / AUROC vs t").click()
+    _settled(page)
+    page.get_by_text("Download CSV").wait_for()
+    page.get_by_text("AUROC vs t").first.wait_for()
+    page.screenshot(path=str(shots / "roc.png"), full_page=True)
+
+    page.get_by_role("link", name="Score your image").click()
+    _settled(page)
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+        files=[{"name": "shirt.png", "mimeType": "image/png", "buffer": _png_bytes()}])
+    page.get_by_text("multi-t score").first.wait_for()
+    verdict = page.locator('[data-testid="stAlert"]').first.inner_text()
+    assert "looks in-distribution" in verdict.lower() or "likely ood" in verdict.lower()
+    page.screenshot(path=str(shots / "upload.png"), full_page=True)
+
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+        files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"just some text"}])
+    page.get_by_text("notes.png: not a readable image").wait_for()
+    page.screenshot(path=str(shots / "upload-bad-file.png"), full_page=True)
+    page.close()
+
+
+def test_two_browser_contexts_at_once_both_get_results(server, browser):
+    contexts = [browser.new_context(viewport={"width": 1200, "height": 900}) for _ in range(2)]
+    pages = [c.new_page() for c in contexts]
+    for p in pages:  # both sessions are open and running on the server at the same time
+        p.set_default_timeout(TIMEOUT_MS)
+        p.goto(f"{server}/reconstruct", wait_until="commit")
+    results = []
+    for p in pages:
+        p.get_by_text("mean MSE").first.wait_for()
+        results.append(p.get_by_text("mean MSE").first.inner_text())
+    for c in contexts:
+        c.close()
+    assert all("at t = 500" in r for r in results)
+    assert results[0] == results[1]  # same settings, same seed: same numbers
