@@ -106,7 +106,7 @@ def test_bad_arguments_are_refused(tiny_unet):
     with pytest.raises(ValueError, match="t must lie"):
         reconstruct(tiny_unet, images(), 1001, sched)
     with pytest.raises(ValueError, match="unknown sampler"):
-        reconstruct(tiny_unet, images(), 10, sched, "plms")
+        reconstruct(tiny_unet, images(), 10, sched, "heun")
 
 
 def test_generate_gives_images_in_range(tiny_unet):
