@@ -1,4 +1,4 @@
-"""`python -m diffood {train,export,evaluate,reconstruct,score}`: the same functions the app calls."""
+"""`python -m diffood {evaluate,reconstruct,score,sample,train,export}`: the same functions the app calls."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .diffusion import SAMPLERS
 from .errors import DiffoodError
 
 from .model import DEFAULT_CHECKPOINT
@@ -74,7 +75,7 @@ def _cmd_export(a) -> int:
 def _add_common(p, sampler=True) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     if sampler:
-        p.add_argument("--sampler", default="ddim", choices=["ddim", "chain", "ddpm"])
+        p.add_argument("--sampler", default="ddim", choices=list(SAMPLERS))
         p.add_argument("--steps", type=int, default=10, help="network calls for ddim")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
@@ -106,7 +107,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--n", type=int, default=1000, help="ID test images, and images per OOD set")
     p.add_argument("--n-val", type=int, default=500, help="ID validation images (z-score statistics)")
     p.add_argument("--no-lpips", action="store_true", help="MSE only")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--cache-dir", help="where score tables are cached (default ~/.cache/diffood/evals)")
     p.add_argument("--out", default="diffood_eval", help="prefix of the CSVs written: PREFIX_scores.csv, PREFIX_summary.csv")
 
@@ -201,10 +202,34 @@ def _cmd_score(a) -> int:
     return 1 if failed else 0
 
 
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="PNG grid of images generated from pure noise (DDIM)")
+    _add_common(p, sampler=False)
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps from t = T")
+    p.add_argument("--out", default="samples.png")
+
+
+def _cmd_sample(a) -> int:
+    from torchvision.utils import save_image
+
+    from .data import to_pixels
+    from .diffusion import generate, make_scheduler
+
+    ckpt = _load(a)
+    device = next(ckpt.model.parameters()).device
+    x = generate(ckpt.model, a.n, make_scheduler(ckpt.meta.num_train_timesteps), a.steps,
+                 torch.Generator().manual_seed(a.seed), ckpt.meta.image_size, device)
+    save_image(to_pixels(x), a.out, nrow=int(a.n**0.5 + 0.999), padding=2, pad_value=0.5)
+    print(f"wrote {a.out}: {a.n} samples, DDIM {a.steps} steps, seed {a.seed}")
+    return 0
+
+
 COMMANDS = {
     "evaluate": (_add_evaluate, _cmd_evaluate),
     "reconstruct": (_add_reconstruct, _cmd_reconstruct),
     "score": (_add_score, _cmd_score),
+    "sample": (_add_sample, _cmd_sample),
     "train": (_add_train, _cmd_train),
     "export": (_add_export, _cmd_export),
 }

@@ -50,7 +50,7 @@ class EvalConfig:
     n_val: int = 500  # ID validation images for the z-score statistics and the verdict threshold
     seed: int = 0
     lpips: bool = True
-    batch_size: int = 500
+    batch_size: int = 128  # on CPU, larger batches ran slower (benchmarks/throughput.py)
     data_dir: str | None = None
     cache_dir: str | None = None
     device: str | None = None

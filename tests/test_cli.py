@@ -11,7 +11,7 @@ from diffood.cli import main
 from tests.conftest import ROOT, needs_data
 
 
-@pytest.mark.parametrize("command", ["evaluate", "reconstruct", "score", "train", "export"])
+@pytest.mark.parametrize("command", ["evaluate", "reconstruct", "score", "sample", "train", "export"])
 def test_help_works_offline(command):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "no_proxy": "*", "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
     out = subprocess.run([sys.executable, "-m", "diffood", command, "--help"], cwd=ROOT, env=env,
@@ -54,6 +54,12 @@ def test_score_prints_a_verdict_per_file_and_an_error_for_bad_ones(tiny_checkpoi
     assert "shirt.png: looks in-distribution" in out or "shirt.png: likely OOD" in out
     assert "notes.txt: error: not a readable image" in out
 
+
+
+def test_sample_writes_a_square_grid(tiny_checkpoint, tmp_path):
+    out = tmp_path / "samples.png"
+    assert main(["sample", "--checkpoint", str(tiny_checkpoint), "--n", "4", "--steps", "2", "--out", str(out)]) == 0
+    assert Image.open(out).size == (2 * 30 + 2, 2 * 30 + 2)
 
 
 def test_a_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
