@@ -149,3 +149,13 @@ def evaluation_controls() -> None:
         if not st.session_state["eval_ts"]:
             st.warning("Choose at least one t.")
             st.stop()
+
+
+def evaluated_tables() -> tuple[EvalConfig, EvalResult]:
+    """The evaluation controls, then the table for the sidebar's settings; stops the page until it exists."""
+    evaluation_controls()
+    cfg = eval_config()
+    result = evaluation(cfg)
+    if result is None:
+        st.stop()
+    return cfg, result

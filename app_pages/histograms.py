@@ -6,14 +6,10 @@ import streamlit as st
 
 from diffood.metrics import auroc, rates_at_threshold, threshold_at_tpr
 from diffood.scoring import METRICS, MULTI_T, multi_t_scores
-from app_pages.common import eval_config, evaluation, evaluation_controls
+from app_pages.common import evaluated_tables
 
 st.title("Score histograms")
-evaluation_controls()
-cfg = eval_config()
-result = evaluation(cfg)
-if result is None:
-    st.stop()
+cfg, result = evaluated_tables()
 
 scores, ood = result.scores, cfg.ood[0]
 metric = st.radio("Score", [*METRICS, MULTI_T], horizontal=True, key="hist_metric",

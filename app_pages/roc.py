@@ -5,14 +5,10 @@ import streamlit as st
 
 from diffood.metrics import roc_curve
 from diffood.scoring import METRICS, MULTI_T, multi_t_scores
-from app_pages.common import eval_config, evaluation, evaluation_controls
+from app_pages.common import evaluated_tables
 
 st.title("ROC / AUROC vs t")
-evaluation_controls()
-cfg = eval_config()
-result = evaluation(cfg)
-if result is None:
-    st.stop()
+cfg, result = evaluated_tables()
 summary, scores, ood = result.summary, result.scores, cfg.ood[0]
 per_t = summary[summary["metric"] != MULTI_T]
 multi = summary[summary["metric"] == MULTI_T]
