@@ -72,11 +72,14 @@ def checkpoint() -> Checkpoint:
         st.stop()
 
 
-def eval_config(ood: tuple[str, ...] | None = None) -> EvalConfig:
+def eval_config(reference_only: bool = False) -> EvalConfig:
+    """The sidebar's settings as an EvalConfig; `reference_only`: just the ID validation statistics
+    (with the default n, which they do not depend on, so the shipped table serves them)."""
     s = st.session_state
-    return EvalConfig(checkpoint=s["checkpoint"], ood=(s["ood"],) if ood is None else ood,
-                      ts=tuple(sorted(s["eval_ts"])), sampler=s["sampler"], steps=int(s["steps"]), n=int(s["eval_n"]),
-                      seed=int(s["seed"]), device=str(default_device()))
+    return EvalConfig(checkpoint=s["checkpoint"], ood=() if reference_only else (s["ood"],),
+                      ts=tuple(sorted(s["eval_ts"])), sampler=s["sampler"], steps=int(s["steps"]),
+                      n=DEFAULTS["eval_n"] if reference_only else int(s["eval_n"]), seed=int(s["seed"]),
+                      device=str(default_device()))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -67,7 +67,7 @@ else:
 invert_choice = st.radio("Invert", ["auto (light background → invert)", "never", "always"], horizontal=True, key="upload_invert")
 invert = {"never": False, "always": True}.get(invert_choice)
 
-result = evaluation(eval_config(ood=()))
+result = evaluation(eval_config(reference_only=True))
 if result is None:
     st.stop()
 reference = Reference.from_result(result)

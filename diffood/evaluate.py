@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -74,10 +75,16 @@ class EvalResult:
         return id_statistics(self.scores[self.scores["role"] == "id_val"])
 
 
+@lru_cache(maxsize=16)
+def _read_csv(path: str, mtime_ns: int) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
 def _read_cached(paths: list[Path]) -> tuple[pd.DataFrame, Path | None]:
+    """The first table that exists, read once per version of the file (the app asks on every rerun)."""
     for p in paths:
         if p.is_file():
-            return pd.read_csv(p), p
+            return _read_csv(str(p), p.stat().st_mtime_ns).copy(), p
     return pd.DataFrame(columns=SCORE_COLUMNS), None
 
 
