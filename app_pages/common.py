@@ -50,7 +50,7 @@ def sidebar() -> None:
         st.divider()
         st.caption(f"Device: **{device_name()}**")
         status = lpips_status()
-        st.caption(("✅ " if status.available else "⚠️ ") + str(status))
+        st.caption((":material/check_circle: " if status.available else ":material/warning: ") + str(status))
 
 
 def device_name() -> str:

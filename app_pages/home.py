@@ -24,10 +24,10 @@ AlexNet features.
   Averaging the z-scored errors over several *t* (Graham et al., CVPR-W 2023) avoids picking one.
 """
     )
-    st.page_link("app_pages/reconstruct.py", label="Reconstruct: drag *t*, see what the model makes of each image", icon="🔁")
-    st.page_link("app_pages/histograms.py", label="Score histograms: ID vs OOD at one *t*", icon="📊")
-    st.page_link("app_pages/roc.py", label="ROC / AUROC vs t: where detection works, and the multi-*t* score", icon="📈")
-    st.page_link("app_pages/upload.py", label="Score your image: upload anything and get a verdict", icon="🖼️")
+    st.page_link("app_pages/reconstruct.py", label="Reconstruct: drag *t*, see what the model makes of each image", icon=":material/autorenew:")
+    st.page_link("app_pages/histograms.py", label="Score histograms: ID vs OOD at one *t*", icon=":material/bar_chart:")
+    st.page_link("app_pages/roc.py", label="ROC / AUROC vs t: where detection works, and the multi-*t* score", icon=":material/show_chart:")
+    st.page_link("app_pages/upload.py", label="Score your image: upload anything and get a verdict", icon=":material/image_search:")
 
 ckpt = checkpoint()
 with right:

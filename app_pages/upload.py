@@ -67,16 +67,17 @@ else:
 invert_choice = st.radio("Invert", ["auto (light background → invert)", "never", "always"], horizontal=True, key="upload_invert")
 invert = {"never": False, "always": True}.get(invert_choice)
 
+try:
+    load_user_image(data, invert=invert)  # a bad file is reported before anything else runs
+except DiffoodError as e:
+    st.error(f"{name}: {e}")
+    st.stop()
 result = evaluation(eval_config(reference_only=True))
 if result is None:
     st.stop()
 reference = Reference.from_result(result)
-try:
-    shown, recons, verdict = score(data, invert, str(ckpt.path), ckpt.sha256, s["sampler"], int(s["steps"]), int(s["seed"]),
-                                   (reference.ts, reference.threshold), reference)
-except DiffoodError as e:
-    st.error(f"{name}: {e}")
-    st.stop()
+shown, recons, verdict = score(data, invert, str(ckpt.path), ckpt.sha256, s["sampler"], int(s["steps"]), int(s["seed"]),
+                               (reference.ts, reference.threshold), reference)
 
 if verdict.is_ood:
     st.error(f"**{verdict.label[0].upper() + verdict.label[1:]}**: multi-t score {verdict.multi_t:+.2f} is above the threshold "

@@ -115,7 +115,7 @@ def test_every_page_slider_and_uploads_in_a_real_browser(server, browser, shots)
     _settled(page)
     page.get_by_text("mean MSE").first.wait_for()
     before = page.get_by_text("mean MSE").first.inner_text()
-    slider = page.get_by_role("slider").first
+    slider = page.locator('[data-testid="stSlider"]').filter(has_text="Timestep").get_by_role("slider")
     slider.focus()
     for _ in range(10):
         page.keyboard.press("ArrowRight")
