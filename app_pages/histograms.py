@@ -4,9 +4,9 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from app_pages.common import evaluated_tables
 from diffood.metrics import auroc, rates_at_threshold, threshold_at_tpr
 from diffood.scoring import METRICS, MULTI_T, multi_t_scores
-from app_pages.common import evaluated_tables
 
 st.title("Score histograms")
 cfg, result = evaluated_tables()

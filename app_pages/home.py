@@ -4,8 +4,8 @@ import json
 
 import streamlit as st
 
-from diffood.model import count_parameters
 from app_pages.common import checkpoint
+from diffood.model import count_parameters
 
 st.title("diffood: out-of-distribution detection by diffusion reconstruction")
 

@@ -3,11 +3,11 @@
 import streamlit as st
 import torch
 
+from app_pages.common import DATASET_LABELS, checkpoint, heat, load_model, lpips_net, strip, to_display
 from diffood.data import ID_DATASET, load_images, to_model_input, to_pixels
 from diffood.diffusion import make_scheduler, reconstruct
 from diffood.errors import DiffoodError
 from diffood.scoring import noise_for, reconstruction_errors
-from app_pages.common import DATASET_LABELS, checkpoint, heat, load_model, lpips_net, strip, to_display
 
 st.title("Reconstruct")
 st.caption("Each row: original · noised x_t · reconstruction · |error| (black = none, white = 1). "

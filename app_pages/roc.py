@@ -3,9 +3,9 @@
 import plotly.graph_objects as go
 import streamlit as st
 
+from app_pages.common import evaluated_tables
 from diffood.metrics import roc_curve
 from diffood.scoring import METRICS, MULTI_T, multi_t_scores
-from app_pages.common import evaluated_tables
 
 st.title("ROC / AUROC vs t")
 cfg, result = evaluated_tables()

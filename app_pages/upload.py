@@ -9,12 +9,12 @@ import streamlit as st
 import torch
 from PIL import Image
 
+from app_pages.common import checkpoint, eval_config, evaluation, load_model, lpips_net, to_display
 from diffood.data import ID_DATASET, load_images, load_user_image, to_pixels
 from diffood.diffusion import make_scheduler, reconstruct
 from diffood.errors import DiffoodError
 from diffood.scoring import noise_for
 from diffood.verdict import TARGET_TPR, Reference, judge
-from app_pages.common import checkpoint, eval_config, evaluation, load_model, lpips_net, to_display
 
 TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tiff", "tif"]
 

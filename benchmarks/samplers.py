@@ -7,9 +7,9 @@
 from __future__ import annotations
 
 import torch
-
 from common import id_and_ood, parser, report, timer
-from diffood.diffusion import default_device, ddim_timesteps, make_scheduler, reconstruct
+
+from diffood.diffusion import ddim_timesteps, default_device, make_scheduler, reconstruct
 from diffood.metrics import auroc
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint
 from diffood.perceptual import get_lpips

@@ -10,8 +10,8 @@ from __future__ import annotations
 import tempfile
 
 import torch
-
 from common import machine, parser, report, timer
+
 from diffood.diffusion import default_device
 from diffood.evaluate import EvalConfig, evaluate
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint

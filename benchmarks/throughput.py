@@ -12,8 +12,8 @@ import copy
 import resource
 
 import torch
-
 from common import parser, report, timer
+
 from diffood.diffusion import default_device, make_scheduler, reconstruct
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint
 

@@ -12,7 +12,6 @@ import torch
 
 from .diffusion import SAMPLERS
 from .errors import DiffoodError
-
 from .model import DEFAULT_CHECKPOINT
 
 
@@ -60,8 +59,9 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(a) -> int:
-    from .train import TrainConfig, Trainer
     import json
+
+    from .train import TrainConfig, Trainer
 
     cfg = TrainConfig.from_dict(json.loads((Path(a.run_dir) / "state.json").read_text())["config"])
     cfg.run_dir, cfg.data_dir = a.run_dir, a.data_dir or cfg.data_dir

@@ -22,7 +22,7 @@ import torch
 from .data import ID_DATASET, load_images, to_model_input
 from .diffusion import default_device, make_scheduler
 from .metrics import auroc, fpr_at_95_tpr
-from .model import DEFAULT_CHECKPOINT, Checkpoint, publish, temp_beside, atomic_write_text, load_checkpoint
+from .model import DEFAULT_CHECKPOINT, Checkpoint, atomic_write_text, load_checkpoint, publish, temp_beside
 from .perceptual import get_lpips
 from .scoring import METRICS, MULTI_T, id_statistics, multi_t_scores, score_images
 
@@ -57,7 +57,8 @@ class EvalConfig:
     device: str | None = None
 
     def cache_key(self, checkpoint_sha: str, lpips_available: bool) -> str:
-        settings = {"checkpoint": checkpoint_sha, "sampler": self.sampler, "steps": self.steps, "n": self.n,
+        steps = self.steps if self.sampler == "ddim" else None  # the other samplers ignore it
+        settings = {"checkpoint": checkpoint_sha, "sampler": self.sampler, "steps": steps, "n": self.n,
                     "n_val": self.n_val, "seed": self.seed, "lpips": lpips_available, "version": SCORES_VERSION}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 

@@ -7,7 +7,8 @@ accepts 95 % of ID images as ID, the fraction of OOD images also accepted.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve as _sk_roc_curve
+from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as _sk_roc_curve
 
 
 def _labelled(id_scores, ood_scores) -> tuple[np.ndarray, np.ndarray]:

@@ -72,8 +72,8 @@ def test_multi_t_is_the_mean_of_z_scored_mse_and_lpips():
     for role, shift in (("id_val", 0.0), ("id", 0.0), ("ood", 3.0)):
         for t in (100, 200):
             for i in range(50):
-                m, l = rng.normal(shift + 1, 1), rng.normal(shift + 5, 2)
-                rows.append(["d" if role != "ood" else "o", "test", role, i, t, m, l, m + l])
+                m, lp = rng.normal(shift + 1, 1), rng.normal(shift + 5, 2)
+                rows.append(["d" if role != "ood" else "o", "test", role, i, t, m, lp, m + lp])
     scores = pd.DataFrame(rows, columns=SCORE_COLUMNS)
     stats = id_statistics(scores[scores["role"] == "id_val"])
     one = scores[(scores["role"] == "ood") & (scores["index"] == 7)]

@@ -19,7 +19,6 @@ from diffood.model import (
 )
 
 
-
 def test_default_config_size():
     assert 1e6 < count_parameters(build_unet(ModelConfig())) < 3e6
 
