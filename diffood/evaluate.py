@@ -171,8 +171,9 @@ def evaluate(
     scores = pd.concat([f for f in frames if len(f)], ignore_index=True)[SCORE_COLUMNS]
     if computed:
         _write_atomic_csv(scores, write_path)
+        settings = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint", "data_dir", "cache_dir", "device")}
         atomic_write_text(write_path.with_suffix("").with_suffix(".json"),
-                          json.dumps({"checkpoint": checkpoint.sha256, **asdict(cfg)}, indent=2, default=str))
+                          json.dumps({"checkpoint_sha256": checkpoint.sha256, **settings}, indent=2))
         found = write_path
     wanted = scores["t"].isin(cfg.ts) & (scores["role"].isin(["id_val", "id"]) | scores["dataset"].isin(cfg.ood))
     scores = scores[wanted].reset_index(drop=True)
