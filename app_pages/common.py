@@ -14,7 +14,7 @@ import torch
 from diffood.data import ID_DATASET, OOD_SETS
 from diffood.diffusion import SAMPLERS, default_device
 from diffood.errors import DiffoodError
-from diffood.evaluate import DEFAULT_TS, EvalConfig, EvalResult, evaluate, pending_images
+from diffood.evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, EvalConfig, EvalResult, evaluate, pending_images
 from diffood.model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 from diffood.perceptual import get_lpips, lpips_status
 
@@ -27,6 +27,7 @@ DEFAULTS = {
     "seed": 0,
     "eval_ts": list(DEFAULT_TS),
     "eval_n": 1000,
+    "multi_ts": list(DEFAULT_MULTI_TS),
 }
 
 
@@ -77,7 +78,8 @@ def eval_config(reference_only: bool = False) -> EvalConfig:
     (with the default n, which they do not depend on, so the shipped table serves them)."""
     s = st.session_state
     return EvalConfig(checkpoint=s["checkpoint"], ood=() if reference_only else (s["ood"],),
-                      ts=tuple(sorted(s["eval_ts"])), sampler=s["sampler"], steps=int(s["steps"]),
+                      ts=tuple(sorted(s["eval_ts"])), multi_ts=tuple(sorted(set(s["multi_ts"]) & set(s["eval_ts"]))) or None,
+                      sampler=s["sampler"], steps=int(s["steps"]),
                       n=DEFAULTS["eval_n"] if reference_only else int(s["eval_n"]), seed=int(s["seed"]),
                       device=str(default_device()))
 
@@ -147,6 +149,8 @@ def evaluation_controls() -> None:
     """Which t and how many images the tables use; changes that need computing offer a button."""
     with st.expander("Evaluate more t values or more images"):
         st.multiselect("t values", sorted({*range(25, 1000, 25), *DEFAULT_TS}), key="eval_ts")
+        st.multiselect("t combined into multi-t (none chosen: all)", sorted({*range(25, 1000, 25), *DEFAULT_TS}),
+                       key="multi_ts", help="Below t = 500 the error mostly tracks how much ink an image has")
         st.select_slider("Images per set", [100, 250, 500, 1000, 2000], key="eval_n",
                          help="FashionMNIST test and OOD images; 500 ID validation images set the z-score statistics")
         if not st.session_state["eval_ts"]:

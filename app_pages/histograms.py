@@ -16,8 +16,8 @@ metric = st.radio("Score", [*METRICS, MULTI_T], horizontal=True, key="hist_metri
                   help="multi-t: mean over t of the z-scored MSE and LPIPS")
 if metric == MULTI_T:
     keys = ["role", "dataset"]
-    table = multi_t_scores(scores, result.stats, keys=keys).rename(columns={MULTI_T: "score"})
-    label = f"multi-t over t = {', '.join(map(str, cfg.ts))}"
+    table = multi_t_scores(scores, result.stats, result.multi_ts, keys=keys).rename(columns={MULTI_T: "score"})
+    label = f"multi-t over t = {', '.join(map(str, result.multi_ts))}"
 else:
     t = st.select_slider("t", sorted(scores["t"].unique()), value=min(scores["t"].unique(), key=lambda v: abs(v - 700)), key="hist_t")
     table = scores[scores["t"] == t].rename(columns={metric: "score"})

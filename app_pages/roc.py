@@ -24,7 +24,7 @@ for m in metrics:
                     name=f"best {m}: t={int(best['t'])}, {best['auroc']:.3f}")
 if len(multi):
     fig.add_hline(y=float(multi["auroc"].iloc[0]), line_dash="dash",
-                  annotation_text=f"multi-t {float(multi['auroc'].iloc[0]):.3f}")
+                  annotation_text=f"multi-t (t = {', '.join(map(str, result.multi_ts))}): {float(multi['auroc'].iloc[0]):.3f}")
 fig.add_hline(y=0.5, line_dash="dot", line_color="gray", annotation_text="chance")
 fig.update_layout(title=f"AUROC vs t: FashionMNIST vs {ood}", xaxis_title="t", yaxis_title="AUROC", yaxis_range=[0, 1.02])
 st.plotly_chart(fig, config=png)
@@ -47,7 +47,7 @@ chosen_t = c2.multiselect("t", ts, default=sorted({ts[0], best_t}), key="roc_ts"
 fig = go.Figure()
 for m in chosen_m:
     if m == MULTI_T:
-        ms = multi_t_scores(scores, result.stats, keys=["role"])
+        ms = multi_t_scores(scores, result.stats, result.multi_ts, keys=["role"])
         curves = [("multi-t", ms.loc[ms["role"] == "id", MULTI_T], ms.loc[ms["role"] == "ood", MULTI_T])]
     else:
         curves = [(f"{m}, t={t}", scores.loc[(scores["role"] == "id") & (scores["t"] == t), m],

@@ -97,13 +97,14 @@ def _load(a):
 
 def _add_evaluate(sub) -> None:
     from .data import OOD_SETS
-    from .evaluate import DEFAULT_TS
+    from .evaluate import DEFAULT_MULTI_TS, DEFAULT_TS
 
     p = sub.add_parser("evaluate", help="score ID vs OOD sets over t; print AUROC / FPR95, write CSVs")
     _add_common(p)
     p.add_argument("--ood", nargs="+", default=["mnist"], choices=sorted(OOD_SETS), help="OOD sets")
     p.add_argument("--t", nargs="+", type=int, default=list(DEFAULT_TS), help="timesteps to score at")
-    p.add_argument("--multi-t", nargs="+", type=int, help="timesteps combined into multi-t (default: all --t)")
+    p.add_argument("--multi-t", nargs="+", default=list(DEFAULT_MULTI_TS),
+                   help="timesteps combined into multi-t, or 'all' for every --t (default: %(default)s)")
     p.add_argument("--n", type=int, default=1000, help="ID test images, and images per OOD set")
     p.add_argument("--n-val", type=int, default=500, help="ID validation images (z-score statistics)")
     p.add_argument("--no-lpips", action="store_true", help="MSE only")
@@ -117,7 +118,7 @@ def _cmd_evaluate(a) -> int:
 
     from .evaluate import EvalConfig, evaluate
 
-    cfg = EvalConfig(checkpoint=a.checkpoint, ood=tuple(a.ood), ts=tuple(a.t), multi_ts=tuple(a.multi_t) if a.multi_t else None,
+    cfg = EvalConfig(checkpoint=a.checkpoint, ood=tuple(a.ood), ts=tuple(a.t), multi_ts=None if a.multi_t == ["all"] else tuple(map(int, a.multi_t)),
                      sampler=a.sampler, steps=a.steps, n=a.n, n_val=a.n_val, seed=a.seed, lpips=not a.no_lpips,
                      batch_size=a.batch_size, data_dir=a.data_dir, cache_dir=a.cache_dir, device=a.device)
     bar = tqdm(unit="img", dynamic_ncols=True)

@@ -73,6 +73,14 @@ def add_zscores(scores: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def combined_ts(multi_ts: Iterable[int] | None, available: Iterable[int]) -> tuple[int, ...]:
+    """The t that multi-t combines: the chosen ones that were scored, or every scored t when none
+    of them was (or none was chosen)."""
+    available = sorted({int(t) for t in available})
+    chosen = [t for t in available if multi_ts is None or t in set(multi_ts)]
+    return tuple(chosen or available)
+
+
 def multi_t_scores(scores: pd.DataFrame, stats: pd.DataFrame, ts: Iterable[int] | None = None,
                    keys: list[str] | None = None) -> pd.DataFrame:
     """Per image (grouped by `keys` + index): the mean over t of z_mse and z_lpips.

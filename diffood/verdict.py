@@ -32,7 +32,7 @@ class Reference:
     def from_result(cls, result: EvalResult) -> "Reference":
         val = result.scores[result.scores["role"] == "id_val"]
         stats = result.stats
-        ts = tuple(int(t) for t in (result.config.multi_ts or sorted(val["t"].unique())))
+        ts = result.multi_ts
         vm = multi_t_scores(val, stats, ts)[MULTI_T].to_numpy()
         return cls(stats, vm, ts, threshold_at_tpr(vm, TARGET_TPR))
 

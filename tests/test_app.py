@@ -19,6 +19,7 @@ def app(tiny_checkpoint):
     at.session_state["steps"] = 2
     at.session_state["eval_n"] = 100
     at.session_state["eval_ts"] = [100, 600]
+    at.session_state["multi_ts"] = [100, 600]
     return at.run()
 
 

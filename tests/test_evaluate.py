@@ -7,7 +7,7 @@ from diffood.data import load_images, to_model_input
 from diffood.evaluate import SCORE_COLUMNS, SUMMARY_COLUMNS, EvalConfig, evaluate, pending_images, summarize
 from diffood.model import load_checkpoint
 from diffood.perceptual import get_lpips
-from diffood.scoring import METRICS, MULTI_T, id_statistics, multi_t_scores
+from diffood.scoring import METRICS, MULTI_T, combined_ts, id_statistics, multi_t_scores
 from diffood.verdict import Reference, judge
 from tests.conftest import needs_data
 
@@ -98,3 +98,9 @@ def test_verdicts_place_images_against_id_validation(tiny_checkpoint):
     assert verdicts[0].multi_t == pytest.approx(ref.val_multi_t[0], abs=1e-4)
     assert verdicts[0].label in ("looks in-distribution", "likely OOD")
     assert "threshold" in verdicts[0].describe()
+
+
+def test_multi_t_combines_the_chosen_t_that_were_scored():
+    assert combined_ts((500, 900), [100, 500, 700]) == (500,)
+    assert combined_ts((800,), [300, 100]) == (100, 300)  # none of the chosen scored: all
+    assert combined_ts(None, [700, 100]) == (100, 700)
