@@ -107,7 +107,7 @@ def _flipped(dim: int) -> Callable[..., torch.Tensor]:
     return make
 
 
-# name -> how to get n test images; every OOD set the app and CLI offer comes from here
+# every OOD set the app and the CLI offer, by name
 OOD_SETS: dict[str, str] = {
     "mnist": "MNIST handwritten digits (test split)",
     "kmnist": "Kuzushiji-MNIST (test split; downloads when allowed)",
