@@ -20,7 +20,7 @@ def _add_train(sub) -> None:
     p.add_argument("--run-dir", default="runs/fashionmnist-default", help="where state, log and checkpoints go")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
     p.add_argument("--epochs", type=float, default=20.0, help="length of the learning-rate schedule")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
