@@ -16,16 +16,19 @@ from .model import DEFAULT_CHECKPOINT
 
 
 def _add_train(sub) -> None:
+    from .model import ModelConfig
+    from .train import TrainConfig
+
     p = sub.add_parser("train", help="train the denoiser on FashionMNIST (resumable; runs under torchrun)")
-    p.add_argument("--run-dir", default="runs/fashionmnist-default", help="where state, log and checkpoints go")
+    p.add_argument("--run-dir", default=TrainConfig.run_dir, help="where state, log and checkpoints go")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
-    p.add_argument("--epochs", type=float, default=20.0, help="length of the learning-rate schedule")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=500, help="steps between saved states")
-    p.add_argument("--channels", default="32,64,128", help="UNet block_out_channels")
+    p.add_argument("--epochs", type=float, default=TrainConfig.epochs, help="length of the learning-rate schedule")
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay)
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--save-every", type=int, default=TrainConfig.save_every, help="steps between saved states")
+    p.add_argument("--channels", default=",".join(map(str, ModelConfig.block_out_channels)), help="UNet block_out_channels")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--max-steps", type=int, help="stop (and save) at this total step")
@@ -52,8 +55,10 @@ def _cmd_train(a) -> int:
 
 
 def _add_export(sub) -> None:
+    from .train import TrainConfig
+
     p = sub.add_parser("export", help="write a run's EMA weights as a diffusers-layout checkpoint")
-    p.add_argument("--run-dir", default="runs/fashionmnist-default")
+    p.add_argument("--run-dir", default=TrainConfig.run_dir)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--data-dir")
 
@@ -97,7 +102,7 @@ def _load(a):
 
 def _add_evaluate(sub) -> None:
     from .data import OOD_SETS
-    from .evaluate import DEFAULT_MULTI_TS, DEFAULT_TS
+    from .evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, EvalConfig
 
     p = sub.add_parser("evaluate", help="score ID vs OOD sets over t; print AUROC / FPR95, write CSVs")
     _add_common(p)
@@ -105,10 +110,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--t", nargs="+", type=int, default=list(DEFAULT_TS), help="timesteps to score at")
     p.add_argument("--multi-t", nargs="+", default=list(DEFAULT_MULTI_TS),
                    help="timesteps combined into multi-t, or 'all' for every --t (default: %(default)s)")
-    p.add_argument("--n", type=int, default=1000, help="ID test images, and images per OOD set")
-    p.add_argument("--n-val", type=int, default=500, help="ID validation images (z-score statistics)")
+    p.add_argument("--n", type=int, default=EvalConfig.n, help="ID test images, and images per OOD set")
+    p.add_argument("--n-val", type=int, default=EvalConfig.n_val, help="ID validation images (z-score statistics)")
     p.add_argument("--no-lpips", action="store_true", help="MSE only")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=EvalConfig.batch_size)
     p.add_argument("--cache-dir", help="where score tables are cached (default ~/.cache/diffood/evals)")
     p.add_argument("--out", default="diffood_eval", help="prefix of the CSVs written: PREFIX_scores.csv, PREFIX_summary.csv")
 

@@ -41,7 +41,7 @@ LOG_FIELDS = ["step", "images_seen", "epoch", "loss", "lr", "elapsed_s", "img_pe
 
 @dataclass
 class TrainConfig:
-    run_dir: str = "runs/fashionmnist"
+    run_dir: str = "runs/fashionmnist-default"
     model: ModelConfig = field(default_factory=ModelConfig)
     epochs: float = 20.0  # fixes the length of the learning-rate schedule
     batch_size: int = 128  # global, over all ranks
