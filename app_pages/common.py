@@ -64,10 +64,14 @@ def load_model(path: str) -> Checkpoint:
     return load_checkpoint(path, device=default_device())
 
 
+def checkpoint_path() -> str:
+    return str(Path(st.session_state["checkpoint"]).expanduser())
+
+
 def checkpoint() -> Checkpoint:
     """The chosen checkpoint, or a clear message on the page and a stop."""
     try:
-        return load_model(str(Path(st.session_state["checkpoint"]).expanduser()))
+        return load_model(checkpoint_path())
     except DiffoodError as e:
         st.error(f"Could not load the checkpoint: {e}")
         st.stop()
@@ -77,7 +81,7 @@ def eval_config(reference_only: bool = False) -> EvalConfig:
     """The sidebar's settings as an EvalConfig; `reference_only`: just the ID validation statistics
     (with the default n, which they do not depend on, so the shipped table serves them)."""
     s = st.session_state
-    return EvalConfig(checkpoint=s["checkpoint"], ood=() if reference_only else (s["ood"],),
+    return EvalConfig(checkpoint=checkpoint_path(), ood=() if reference_only else (s["ood"],),
                       ts=tuple(sorted(s["eval_ts"])), multi_ts=tuple(sorted(set(s["multi_ts"]) & set(s["eval_ts"]))) or None,
                       sampler=s["sampler"], steps=int(s["steps"]),
                       n=DEFAULTS["eval_n"] if reference_only else int(s["eval_n"]), seed=int(s["seed"]),
