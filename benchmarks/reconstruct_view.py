@@ -9,8 +9,8 @@ from __future__ import annotations
 import statistics
 
 import torch
-
 from common import parser, report, timer
+
 from diffood.data import ID_DATASET, load_images, to_model_input
 from diffood.diffusion import default_device, make_scheduler, reconstruct
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint

@@ -216,13 +216,14 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._request_stop)
-        start_wall, start_step = time.perf_counter(), self.step
+        start_wall = began = time.perf_counter()  # start_wall moves on at each save; `began` does not
+        start_step = self.step
         bar = tqdm(total=end, initial=self.step, disable=not progress or self.rank != 0, unit="step", dynamic_ncols=True)
         losses, t_log = [], time.perf_counter()
         while self.step < end:
             losses.append(self.train_step())
             bar.update(1)
-            done_minutes = (time.perf_counter() - start_wall) / 60
+            done_minutes = (time.perf_counter() - began) / 60
             stop = self._stop or (max_minutes is not None and done_minutes >= max_minutes)
             if self.distributed:  # every rank must agree to stop at the same step
                 flag = torch.tensor([float(stop)], device=self.device)

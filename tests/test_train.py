@@ -1,3 +1,4 @@
+import itertools
 import os
 import shutil
 import subprocess
@@ -8,6 +9,7 @@ import torch
 from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
+from diffood import train as train_module
 from diffood.model import load_checkpoint
 from diffood.train import TrainConfig, batch_indices, lr_at, run
 from tests.conftest import DATA_DIR, ROOT, TINY, needs_data
@@ -50,6 +52,17 @@ def test_resume_continues_bit_for_bit(tmp_path):
     assert ckpt.meta.training["steps"] == 10 and ckpt.meta.training["images_seen"] == 160
     assert torch.equal(ckpt.model.conv_in.weight, straight.ema.conv_in.weight)
     assert torch.equal(UNet2DModel.from_pretrained(tmp_path / "export").conv_in.weight, straight.ema.conv_in.weight)
+
+
+@needs_data
+def test_max_minutes_counts_from_the_start_not_from_the_last_save(tmp_path, monkeypatch):
+    clock = itertools.count(0, 6.0)  # every reading of the clock is 6 s later
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(clock))
+    cfg = _cfg(tmp_path / "m")
+    cfg.save_every = 1
+    t = run(cfg, max_minutes=1, progress=False)
+    assert 1 < t.step < 10  # stopped by the clock, with steps (and saves) left
+    assert f'"step": {t.step}' in (tmp_path / "m" / "state.json").read_text()
 
 
 @needs_data
