@@ -110,13 +110,19 @@ def load_lpips(shipped: Path | None = SHIPPED_ALEXNET, allow_torchvision: bool =
     return LPIPSStatus(False, "no ImageNet AlexNet weights found; tried " + "; ".join(tried or ["nothing"]))
 
 
+@lru_cache(maxsize=1)
+def _resolved() -> PerceptualDistance | LPIPSStatus:
+    """The backbone search runs once per process, found or not (the app asks on every rerun)."""
+    return load_lpips()
+
+
 @lru_cache(maxsize=4)
 def get_lpips(device: str = "cpu") -> PerceptualDistance | None:
     """The process-wide LPIPS net on `device` (built once), or None when unavailable."""
-    result = load_lpips()
+    result = _resolved()
     return result.to(device) if isinstance(result, PerceptualDistance) else None
 
 
 def lpips_status() -> LPIPSStatus:
-    net = get_lpips("cpu")
-    return net.status if net is not None else load_lpips()
+    result = _resolved()
+    return result.status if isinstance(result, PerceptualDistance) else result
