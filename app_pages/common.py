@@ -12,7 +12,7 @@ import streamlit as st
 import torch
 
 from diffood.data import ID_DATASET, OOD_SETS
-from diffood.diffusion import SAMPLERS, default_device
+from diffood.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, STEPPED, default_device
 from diffood.errors import DiffoodError
 from diffood.evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, EvalConfig, EvalResult, evaluate, pending_images
 from diffood.model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
@@ -22,8 +22,8 @@ DATASET_LABELS = {ID_DATASET: "FashionMNIST (ID)", **{k: k for k in OOD_SETS}}
 DEFAULTS = {
     "checkpoint": os.environ.get("DIFFOOD_CHECKPOINT", str(DEFAULT_CHECKPOINT)),
     "ood": "mnist",
-    "sampler": "ddim",
-    "steps": 10,
+    "sampler": DEFAULT_SAMPLER,
+    "steps": DEFAULT_STEPS,
     "seed": 0,
     "eval_ts": list(DEFAULT_TS),
     "eval_n": 1000,
@@ -46,7 +46,8 @@ def sidebar() -> None:
         st.text_input("Checkpoint folder", key="checkpoint", help="A diffusers-layout folder with diffood.json")
         st.selectbox("OOD set", list(OOD_SETS), key="ood", format_func=lambda k: f"{k}: {OOD_SETS[k]}")
         st.selectbox("Sampler", list(SAMPLERS), key="sampler", help="\n\n".join(f"**{k}**: {v}" for k, v in SAMPLERS.items()))
-        st.number_input("DDIM steps", 1, 100, key="steps", disabled=st.session_state["sampler"] != "ddim")
+        st.number_input("Steps", 1, 100, key="steps", disabled=st.session_state["sampler"] not in STEPPED,
+                        help=f"Network calls per reconstruction for {' and '.join(STEPPED)}")
         st.number_input("Seed", 0, 2**31 - 1, key="seed")
         st.divider()
         st.caption(f"Device: **{device_name()}**")

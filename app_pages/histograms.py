@@ -5,6 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app_pages.common import evaluated_tables
+from diffood.diffusion import STEPPED
 from diffood.metrics import auroc, rates_at_threshold, threshold_at_tpr
 from diffood.scoring import METRICS, MULTI_T, multi_t_scores
 
@@ -49,4 +50,4 @@ c2.metric("OOD accepted (FPR)", f"{ood_ok:.1%}")
 c3.metric("OOD detected", f"{1 - ood_ok:.1%}")
 st.caption(f"The default threshold {default_thr:.4f} accepts 95 % of the {len(val_s)} ID validation images. "
            f"{len(id_s)} ID test and {len(ood_s)} OOD images; {cfg.sampler} sampler"
-           + (f", {cfg.steps} steps" if cfg.sampler == "ddim" else "") + f", seed {cfg.seed}.")
+           + (f", {cfg.steps} steps" if cfg.sampler in STEPPED else "") + f", seed {cfg.seed}.")

@@ -34,7 +34,7 @@ def main() -> None:
             times = []
             for _ in range(a.repeats + 1):  # the first run warms up
                 with timer(device) as tm:
-                    _, rec = reconstruct(ckpt.model, x0, t, sched, "ddim", 10, noise=noise_for(a.n, t, 0))
+                    _, rec = reconstruct(ckpt.model, x0, t, sched, noise=noise_for(a.n, t, 0))
                     reconstruction_errors(x0, rec, lpips)
                 times.append(tm["s"])
             rows.append({"dataset": dataset, "images": a.n, "t": t, "sampler": "ddim-10",

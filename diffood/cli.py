@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .diffusion import SAMPLERS
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, STEPPED
 from .errors import DiffoodError
 from .model import DEFAULT_CHECKPOINT
 
@@ -80,8 +80,8 @@ def _cmd_export(a) -> int:
 def _add_common(p, sampler=True) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     if sampler:
-        p.add_argument("--sampler", default="ddim", choices=list(SAMPLERS))
-        p.add_argument("--steps", type=int, default=10, help="network calls for ddim")
+        p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS))
+        p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"network calls for {' and '.join(STEPPED)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--data-dir", help="torchvision data folder (default $DIFFOOD_DATA_DIR, then ~/.cache/diffood/data)")

@@ -14,13 +14,17 @@ from diffusers import DDPMScheduler, PNDMScheduler
 
 NUM_TRAIN_TIMESTEPS = 1000
 PLMS_GRID = 100  # PLMS steps over the whole schedule, as Graham et al. use it
-Sampler = Literal["chain", "ddpm", "ddim", "plms"]
+Sampler = Literal["strided", "chain", "ddim", "ddpm", "plms"]
 SAMPLERS: dict[str, str] = {
-    "ddim": "deterministic DDIM (eta 0), `steps` evenly spaced network calls from t to 0",
+    "strided": "`chain` over `steps` even strides from t to 0: the posterior mean of each jump, i.e. DDIM eta 1 "
+    "without its noise (`steps` calls)",
     "chain": "every step from t to 0, deterministic DDPM posterior mean (t network calls)",
+    "ddim": "deterministic DDIM (eta 0), `steps` evenly spaced network calls from t to 0",
     "ddpm": "every step from t to 0, ancestral DDPM with fresh noise (t network calls)",
     "plms": f"PLMS (diffusers PNDMScheduler) on a {PLMS_GRID}-step grid from t (about t/{1000 // PLMS_GRID} calls)",
 }
+STEPPED = ("strided", "ddim")  # the samplers that take `steps`; the others' cost is set by t
+DEFAULT_SAMPLER, DEFAULT_STEPS = "strided", 10  # tracks `chain` at 1/50 of its cost at t = 500 (benchmarks/samplers.py)
 
 
 def make_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> DDPMScheduler:
@@ -88,17 +92,21 @@ def _denoise_ddim(model, x: torch.Tensor, t: int, steps: int, abars: torch.Tenso
     return x
 
 
-def posterior_mean(x: torch.Tensor, eps: torch.Tensor, t: int, abars: torch.Tensor) -> torch.Tensor:
-    """Mean of q(x_{t-1} | x_t, x0_hat), the DDPM step without its noise (Ho et al. eq. 7)."""
-    a, a_prev = abars[t], abars[t - 1]
+def posterior_mean(x: torch.Tensor, eps: torch.Tensor, t: int, abars: torch.Tensor, s: int | None = None) -> torch.Tensor:
+    """Mean of q(x_s | x_t, x0_hat), s < t (default t - 1): the DDPM step without its noise (Ho et al. eq. 7).
+
+    Over a jump of several steps it equals the `chain` of one-step means with x0_hat held fixed.
+    """
+    s = t - 1 if s is None else s
+    a, a_prev = abars[t], abars[s]
     beta = 1 - a / a_prev
     x0 = _predict_x0(x, eps, a)
     return (a_prev.sqrt() * beta / (1 - a)) * x0 + ((1 - beta).sqrt() * (1 - a_prev) / (1 - a)) * x
 
 
-def _denoise_chain(model, x: torch.Tensor, t: int, abars: torch.Tensor) -> torch.Tensor:
-    for s in range(t, 0, -1):
-        x = posterior_mean(x, _eps(model, x, s), s, abars)
+def _denoise_chain(model, x: torch.Tensor, ts: list[int], abars: torch.Tensor) -> torch.Tensor:
+    for s, s_next in zip(ts[:-1], ts[1:]):
+        x = posterior_mean(x, _eps(model, x, s), s, abars, s_next)
     return x
 
 
@@ -127,8 +135,8 @@ def reconstruct(
     x0: torch.Tensor,
     t: int,
     scheduler: DDPMScheduler,
-    sampler: Sampler = "ddim",
-    steps: int = 10,
+    sampler: Sampler = DEFAULT_SAMPLER,
+    steps: int = DEFAULT_STEPS,
     generator: torch.Generator | None = None,
     batch_size: int = 500,
     noise: torch.Tensor | None = None,
@@ -152,7 +160,9 @@ def reconstruct(
         if sampler == "ddim":
             out.append(_denoise_ddim(model, xb, t, steps, abars))
         elif sampler == "chain":
-            out.append(_denoise_chain(model, xb, t, abars))
+            out.append(_denoise_chain(model, xb, list(range(t, -1, -1)), abars))
+        elif sampler == "strided":
+            out.append(_denoise_chain(model, xb, ddim_timesteps(t, steps), abars))
         elif sampler == "plms":
             out.append(_denoise_plms(model, xb, t, scheduler))
         else:

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from .data import ID_DATASET, load_images, to_model_input
-from .diffusion import default_device, make_scheduler
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, STEPPED, default_device, make_scheduler
 from .metrics import auroc, fpr_at_95_tpr
 from .model import DEFAULT_CHECKPOINT, Checkpoint, atomic_write_text, load_checkpoint, publish, temp_beside
 from .perceptual import get_lpips
@@ -49,8 +49,8 @@ class EvalConfig:
     ood: tuple[str, ...] = ("mnist",)
     ts: tuple[int, ...] = DEFAULT_TS
     multi_ts: tuple[int, ...] | None = DEFAULT_MULTI_TS  # the t combined into multi-t; None: all of `ts`
-    sampler: str = "ddim"
-    steps: int = 10
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = DEFAULT_STEPS
     n: int = 1000  # ID test images, and images per OOD set
     n_val: int = 500  # ID validation images for the z-score statistics and the verdict threshold
     seed: int = 0
@@ -61,7 +61,7 @@ class EvalConfig:
     device: str | None = None
 
     def cache_key(self, checkpoint_sha: str, lpips_available: bool) -> str:
-        steps = self.steps if self.sampler == "ddim" else None  # the other samplers ignore it
+        steps = self.steps if self.sampler in STEPPED else None  # the other samplers ignore it
         settings = {"checkpoint": checkpoint_sha, "sampler": self.sampler, "steps": steps, "n": self.n,
                     "n_val": self.n_val, "seed": self.seed, "lpips": lpips_available, "version": SCORES_VERSION}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from .data import to_pixels
-from .diffusion import reconstruct
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, reconstruct
 from .perceptual import PerceptualDistance
 
 METRICS = ("mse", "lpips", "mse+lpips")
@@ -39,8 +39,8 @@ def score_images(
     x0: torch.Tensor,
     ts: Iterable[int],
     scheduler,
-    sampler: str = "ddim",
-    steps: int = 10,
+    sampler: str = DEFAULT_SAMPLER,
+    steps: int = DEFAULT_STEPS,
     seed: int = 0,
     lpips: PerceptualDistance | None = None,
     batch_size: int = 500,

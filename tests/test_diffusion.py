@@ -81,6 +81,21 @@ def test_ddim_agrees_with_diffusers_ddim_scheduler(tiny_unet):
     assert torch.allclose(ours, x, atol=1e-5)
 
 
+def test_strided_agrees_with_diffusers_ddim_scheduler_at_eta_one_without_its_noise(tiny_unet):
+    """DDIM with eta = 1 has the DDPM posterior mean over each jump (Song et al. eq. 16); zero noise leaves the mean."""
+    x0, noise = images(), torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    xt, ours = reconstruct(tiny_unet, x0, 500, sched, "strided", 10, noise=noise)
+    ddim = DDIMScheduler.from_config(sched.config, set_alpha_to_one=True)
+    ddim.set_timesteps(20)
+    x = xt.clone()
+    with torch.no_grad():
+        for k in range(499, 0, -50):
+            x = ddim.step(tiny_unet(x, torch.full((4,), k)).sample, k, x, eta=1.0, use_clipped_model_output=True,
+                          variance_noise=torch.zeros_like(x)).prev_sample
+    assert torch.allclose(ours, x, atol=1e-5)
+    assert not torch.allclose(ours, reconstruct(tiny_unet, x0, 500, sched, "ddim", 10, noise=noise)[1], atol=1e-3)
+
+
 def test_one_chain_step_is_the_closed_form_posterior_mean(tiny_unet):
     x0 = images()
     t = 137
@@ -100,6 +115,28 @@ def test_one_chain_step_is_the_closed_form_posterior_mean(tiny_unet):
     x0_hat = ((xt - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
     by_hand = a_prev.sqrt() * beta / (1 - a_t) * x0_hat + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * xt
     assert torch.allclose(posterior_mean(xt, eps, t, alpha_bars(sched)), by_hand, atol=1e-5)
+
+
+def test_strided_with_every_step_is_chain(tiny_unet):
+    x0, noise = images(), torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    chain = reconstruct(tiny_unet, x0, 12, sched, "chain", noise=noise)[1]
+    assert torch.equal(reconstruct(tiny_unet, x0, 12, sched, "strided", 12, noise=noise)[1], chain)
+    assert not torch.allclose(reconstruct(tiny_unet, x0, 12, sched, "strided", 3, noise=noise)[1], chain, atol=1e-3)
+
+
+def test_a_posterior_mean_jump_is_the_chain_of_one_step_means_at_a_fixed_x0_hat():
+    """Why `strided` tracks `chain`: with x0_hat held fixed, the Gaussian posteriors compose exactly."""
+    abars, x0_hat, xt = alpha_bars(sched), images(seed=1) * 0.9, images(seed=2)
+
+    def eps_for(x, t):  # the noise estimate whose x0 prediction is x0_hat
+        return (x - abars[t].sqrt() * x0_hat) / (1 - abars[t]).sqrt()
+
+    x = xt
+    for k in range(600, 450, -1):
+        x = posterior_mean(x, eps_for(x, k), k, abars)
+    jump = posterior_mean(xt, eps_for(xt, 600), 600, abars, 450)
+    assert torch.allclose(jump, x, atol=1e-4)
+    assert not torch.allclose(jump, xt, atol=1e-2)
 
 
 def test_bad_arguments_are_refused(tiny_unet):

@@ -87,13 +87,14 @@ def test_multi_t_is_the_mean_of_z_scored_mse_and_lpips():
 
 @needs_data
 def test_verdicts_place_images_against_id_validation(tiny_checkpoint):
-    r = evaluate(_cfg(tiny_checkpoint, ood=()))
+    cfg = _cfg(tiny_checkpoint, ood=())
+    r = evaluate(cfg)
     assert set(r.scores["role"]) == {"id_val"}  # a reference needs no ID test or OOD images
     ref = Reference.from_result(r)
     assert ref.ts == (50, 400) and len(ref.val_multi_t) == 10
     assert np.mean(ref.val_multi_t <= ref.threshold) >= 0.95
     x = to_model_input(load_images("fashionmnist", "val", 2, 0))
-    verdicts = judge(x, load_checkpoint(tiny_checkpoint), ref, "ddim", 2, lpips=get_lpips())
+    verdicts = judge(x, load_checkpoint(tiny_checkpoint), ref, cfg.sampler, cfg.steps, lpips=get_lpips())
     # the first validation images score exactly as in the table, so their percentile is known
     assert verdicts[0].multi_t == pytest.approx(ref.val_multi_t[0], abs=1e-4)
     assert verdicts[0].label in ("looks in-distribution", "likely OOD")
@@ -104,3 +105,10 @@ def test_multi_t_combines_the_chosen_t_that_were_scored():
     assert combined_ts((500, 900), [100, 500, 700]) == (500,)
     assert combined_ts((800,), [300, 100]) == (100, 300)  # none of the chosen scored: all
     assert combined_ts(None, [700, 100]) == (100, 700)
+
+
+def test_the_cache_key_follows_steps_only_for_the_samplers_that_take_them():
+    key = lambda **kw: EvalConfig(**kw).cache_key("sha", True)  # noqa: E731
+    assert key(sampler="strided", steps=10) != key(sampler="strided", steps=20) != key(sampler="ddim", steps=20)
+    assert key(sampler="chain", steps=10) == key(sampler="chain", steps=20)
+    assert key() == key(sampler="strided", steps=10)
