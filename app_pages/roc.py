@@ -14,13 +14,15 @@ per_t = summary[summary["metric"] != MULTI_T]
 multi = summary[summary["metric"] == MULTI_T]
 metrics = [m for m in METRICS if m in set(per_t["metric"])]
 png = {"toImageButtonOptions": {"format": "png", "filename": "diffood_auroc"}}
+colour = dict(zip(METRICS, ["#4c9be8", "#e8664c", "#5cc98b"]))  # one colour per metric on every chart
 
 fig = go.Figure()
 for m in metrics:
     rows = per_t[per_t["metric"] == m].sort_values("t")
-    fig.add_scatter(x=rows["t"], y=rows["auroc"], mode="lines+markers", name=m)
+    fig.add_scatter(x=rows["t"], y=rows["auroc"], mode="lines+markers", name=m, line_color=colour[m])
     best = rows.loc[rows["auroc"].idxmax()]
-    fig.add_scatter(x=[best["t"]], y=[best["auroc"]], mode="markers", marker=dict(symbol="star", size=16),
+    fig.add_scatter(x=[best["t"]], y=[best["auroc"]], mode="markers",
+                    marker=dict(symbol="star", size=16, color=colour[m]),
                     name=f"best {m}: t={int(best['t'])}, {best['auroc']:.3f}")
 if len(multi):
     fig.add_hline(y=float(multi["auroc"].iloc[0]), line_dash="dash",
@@ -32,7 +34,7 @@ st.plotly_chart(fig, config=png)
 fig = go.Figure()
 for m in metrics:
     rows = per_t[per_t["metric"] == m].sort_values("t")
-    fig.add_scatter(x=rows["t"], y=rows["fpr95"], mode="lines+markers", name=m)
+    fig.add_scatter(x=rows["t"], y=rows["fpr95"], mode="lines+markers", name=m, line_color=colour[m])
 if len(multi):
     fig.add_hline(y=float(multi["fpr95"].iloc[0]), line_dash="dash", annotation_text="multi-t")
 fig.update_layout(title="FPR at 95 % TPR vs t (lower is better)", xaxis_title="t", yaxis_title="FPR95", yaxis_range=[0, 1.02])

@@ -93,6 +93,7 @@ def _settled(page):
     """Wait until Streamlit has finished running the script."""
     page.wait_for_selector('[data-testid="stApp"]')
     page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=TIMEOUT_MS)
+    page.wait_for_function("!document.querySelector('[data-stale=\"true\"]')", timeout=TIMEOUT_MS)  # faded: rerunning
     page.wait_for_timeout(300)
 
 
@@ -120,7 +121,8 @@ def test_every_page_slider_and_uploads_in_a_real_browser(server, browser, shots)
     slider.focus()
     for _ in range(10):
         page.keyboard.press("ArrowRight")
-    page.get_by_text("at t = 510").first.wait_for()  # ten steps right of 500; the numbers follow t
+    page.get_by_text("at t = 510").nth(1).wait_for()  # ten steps right of 500, in the ID and the OOD column
+    _settled(page)
     assert page.get_by_text("mean MSE").first.inner_text() != before
     page.screenshot(path=str(shots / "reconstruct.png"), full_page=True)
 
