@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app_pages.common import evaluated_tables
-from diffood.diffusion import STEPPED
+from diffood.diffusion import sampler_name
 from diffood.metrics import auroc, rates_at_threshold, threshold_at_tpr
 from diffood.scoring import METRICS, MULTI_T, multi_t_scores
 
@@ -49,5 +49,4 @@ c1.metric("ID accepted (TPR)", f"{id_ok:.1%}")
 c2.metric("OOD accepted (FPR)", f"{ood_ok:.1%}")
 c3.metric("OOD detected", f"{1 - ood_ok:.1%}")
 st.caption(f"The default threshold {default_thr:.4f} accepts 95 % of the {len(val_s)} ID validation images. "
-           f"{len(id_s)} ID test and {len(ood_s)} OOD images; {cfg.sampler} sampler"
-           + (f", {cfg.steps} steps" if cfg.sampler in STEPPED else "") + f", seed {cfg.seed}.")
+           f"{len(id_s)} ID test and {len(ood_s)} OOD images; {sampler_name(cfg.sampler, cfg.steps)} sampler, seed {cfg.seed}.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from common import id_and_ood, parser, report, timer
 
-from diffood.diffusion import STEPPED, ddim_timesteps, default_device, make_scheduler, reconstruct
+from diffood.diffusion import STEPPED, ddim_timesteps, sampler_name, default_device, make_scheduler, reconstruct
 from diffood.metrics import auroc
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint
 from diffood.perceptual import get_lpips
@@ -48,7 +48,7 @@ def main() -> None:
                 _, rec = reconstruct(ckpt.model, x, t, sched, sampler, steps, torch.Generator().manual_seed(t),
                                      a.batch_size, noise=noise.to(device))
             err = reconstruction_errors(x, rec, lpips)
-            row = {"t": t, "sampler": sampler + (f"-{steps}" if sampler in STEPPED else ""),
+            row = {"t": t, "sampler": sampler_name(sampler, steps),
                    "calls_per_image": calls(sampler, steps, t), "seconds": tm["s"],
                    "img_per_s": len(x) / tm["s"],
                    "auroc_mse": auroc(err["mse"][: a.n], err["mse"][a.n:]),

@@ -12,7 +12,7 @@ import tempfile
 import torch
 from common import machine, parser, report, timer
 
-from diffood.diffusion import default_device
+from diffood.diffusion import default_device, sampler_name
 from diffood.evaluate import EvalConfig, evaluate
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint
 
@@ -35,7 +35,7 @@ def main() -> None:
     bar.close()
     n_images = (cfg.n_val + 2 * cfg.n) * len(cfg.ts)
     report([{"machine": machine(device), "images": cfg.n_val + 2 * cfg.n, "t_values": len(cfg.ts),
-             "reconstructions": n_images, "sampler": f"{cfg.sampler}-{cfg.steps}", "seconds": tm["s"],
+             "reconstructions": n_images, "sampler": sampler_name(cfg.sampler, cfg.steps), "seconds": tm["s"],
              "minutes": tm["s"] / 60, "recon_per_s": n_images / tm["s"]}], "sweep", device, a.out)
     print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"table: {result.cache_file}")

@@ -27,6 +27,11 @@ STEPPED = ("strided", "ddim")  # the samplers that take `steps`; the others' cos
 DEFAULT_SAMPLER, DEFAULT_STEPS = "strided", 10  # tracks `chain` at 1/50 of its cost at t = 500 (benchmarks/samplers.py)
 
 
+def sampler_name(sampler: str, steps: int) -> str:
+    """How tables and captions name a sampler setting: "strided-10", "chain"."""
+    return f"{sampler}-{steps}" if sampler in STEPPED else sampler
+
+
 def make_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> DDPMScheduler:
     """The cosine schedule (Nichol & Dhariwal) the model is trained on; predicted x0 clipped to [-1, 1]."""
     return DDPMScheduler(
