@@ -42,11 +42,33 @@ def timer(device):
     box["s"] = time.perf_counter() - start
 
 
+def cpu_model() -> str:
+    """The CPU's model name and the flags that decide its precision (lscpu's view, from /proc/cpuinfo)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name or platform.machine()} ({' '.join(shown) or 'no AVX2'})"
+
+
 def machine(device) -> str:
     d = torch.device(device)
     if d.type == "cuda":
         return torch.cuda.get_device_name(d)
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def unet_gflop(model, device) -> float:
+    """GFLOP of one network call on one 28 x 28 image (torch's FLOP counter: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros((1, 1, 28, 28), device=device)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(x, torch.zeros(1, dtype=torch.long, device=device))
+    return counter.get_total_flops() / 1e9
 
 
 def report(rows: list[dict], name: str, device, out: str | None) -> pd.DataFrame:

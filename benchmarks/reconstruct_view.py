@@ -9,10 +9,10 @@ from __future__ import annotations
 import statistics
 
 import torch
-from common import parser, report, timer
+from common import machine, parser, report, timer
 
 from diffood.data import ID_DATASET, load_images, to_model_input
-from diffood.diffusion import default_device, make_scheduler, reconstruct
+from diffood.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, default_device, make_scheduler, reconstruct, sampler_name
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint
 from diffood.perceptual import get_lpips
 from diffood.scoring import noise_for, reconstruction_errors
@@ -34,10 +34,11 @@ def main() -> None:
             times = []
             for _ in range(a.repeats + 1):  # the first run warms up
                 with timer(device) as tm:
-                    _, rec = reconstruct(ckpt.model, x0, t, sched, noise=noise_for(a.n, t, 0))
+                    _, rec = reconstruct(ckpt.model, x0, t, sched, noise=noise_for(a.n, t, 0), precision=ckpt.precision)
                     reconstruction_errors(x0, rec, lpips)
                 times.append(tm["s"])
-            rows.append({"dataset": dataset, "images": a.n, "t": t, "sampler": "ddim-10",
+            rows.append({"machine": machine(device), "precision": ckpt.precision, "dataset": dataset, "images": a.n, "t": t,
+                         "sampler": sampler_name(DEFAULT_SAMPLER, DEFAULT_STEPS),
                          "median_s": statistics.median(times[1:]), "max_s": max(times[1:])})
     report(rows, "reconstruct_view", device, a.out)
 

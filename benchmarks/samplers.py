@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from common import id_and_ood, parser, report, timer
 
-from diffood.diffusion import STEPPED, ddim_timesteps, sampler_name, default_device, make_scheduler, reconstruct
+from diffood.diffusion import STEPPED, ddim_timesteps, default_device, make_scheduler, reconstruct, sampler_name
 from diffood.metrics import auroc
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint
 from diffood.perceptual import get_lpips

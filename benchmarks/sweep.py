@@ -1,8 +1,9 @@
-"""Time the full default evaluation (1000 FashionMNIST test + 1000 MNIST test + 500 ID validation
-images, the default t list, MSE + LPIPS) from an empty cache.
+"""Time the full default evaluation from nothing: 1000 FashionMNIST test + 1000 MNIST test + 500 ID
+validation images, the default t list, the default score's extra noise draws, MSE + LPIPS. No cached
+or shipped table is read (EvalConfig.recompute); the table is written to a temporary folder.
 
-    python benchmarks/sweep.py                              # times it, table in a temp folder
-    python benchmarks/sweep.py --cache-dir diffood/assets/model/evals   # and keep the table there
+    python benchmarks/sweep.py                               # the defaults (precision auto)
+    python benchmarks/sweep.py --precision fp32 bf16         # both, one after the other, AUROC compared
 """
 
 from __future__ import annotations
@@ -10,35 +11,51 @@ from __future__ import annotations
 import tempfile
 
 import torch
-from common import machine, parser, report, timer
+from common import machine, parser, report, timer, unet_gflop
 
-from diffood.diffusion import default_device, sampler_name
+from diffood.diffusion import PRECISIONS, default_device, network_calls, sampler_name
 from diffood.evaluate import EvalConfig, evaluate
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint
 
 
+def config(checkpoint: str, data_dir: str | None, cache_dir: str, device: str, **kw) -> EvalConfig:
+    """The benchmark's evaluation: the defaults, computed from scratch."""
+    return EvalConfig(checkpoint=checkpoint, data_dir=data_dir, cache_dir=cache_dir, device=device, recompute=True, **kw)
+
+
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--cache-dir", help="write the score table here (default: a temporary folder)")
+    p.add_argument("--precision", nargs="+", default=["auto"], choices=list(PRECISIONS))
     p.add_argument("--batch-size", type=int, default=EvalConfig.batch_size)
     a = p.parse_args()
     device = torch.device(a.device) if a.device else default_device()
-    ckpt = load_checkpoint(a.checkpoint or DEFAULT_CHECKPOINT, device=device)
-    cache = a.cache_dir or tempfile.mkdtemp(prefix="diffood-sweep-")
-    cfg = EvalConfig(checkpoint=str(ckpt.path), data_dir=a.data_dir, cache_dir=cache, batch_size=a.batch_size,
-                     device=str(device))
-    from tqdm.auto import tqdm
+    rows, summaries = [], {}
+    for precision in a.precision:
+        ckpt = load_checkpoint(a.checkpoint or DEFAULT_CHECKPOINT, device=device, precision=precision)
+        cfg = config(str(ckpt.path), a.data_dir, tempfile.mkdtemp(prefix="diffood-sweep-"), str(device),
+                     batch_size=a.batch_size)
+        from tqdm.auto import tqdm
 
-    bar = tqdm(unit="img")
-    with timer(device) as tm:
-        result = evaluate(cfg, ckpt, lambda done, total, what: (setattr(bar, "total", total), bar.update(done - bar.n)))
-    bar.close()
-    n_images = (cfg.n_val + 2 * cfg.n) * len(cfg.ts)
-    report([{"machine": machine(device), "images": cfg.n_val + 2 * cfg.n, "t_values": len(cfg.ts),
-             "reconstructions": n_images, "sampler": sampler_name(cfg.sampler, cfg.steps), "seconds": tm["s"],
-             "minutes": tm["s"] / 60, "recon_per_s": n_images / tm["s"]}], "sweep", device, a.out)
-    print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"table: {result.cache_file}")
+        bar = tqdm(unit="img")
+        with timer(device) as tm:
+            result = evaluate(cfg, ckpt, lambda done, total, what: (setattr(bar, "total", total), bar.update(done - bar.n)))
+        bar.close()
+        images = cfg.n_val + 2 * cfg.n
+        calls = images * sum(k * network_calls(cfg.sampler, cfg.steps, t) for t, k in cfg.needed().items())
+        gflop = calls * unet_gflop(ckpt.model, device)
+        rows.append({"machine": machine(device), "precision": ckpt.precision, "images": images,
+                     "reconstructions": images * sum(cfg.needed().values()), "network_calls": calls,
+                     "sampler": sampler_name(cfg.sampler, cfg.steps), "seconds": tm["s"], "calls_per_s": calls / tm["s"],
+                     "unet_gflop_per_s": gflop / tm["s"]})
+        summaries[ckpt.precision] = result.summary
+        print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(f"table ({ckpt.precision}): {result.cache_file}")
+    report(rows, "sweep", device, a.out)
+    if len(summaries) == 2:
+        (pa, sa), (pb, sb) = summaries.items()
+        diff = (sa["auroc"] - sb["auroc"]).abs()
+        print(f"\nAUROC {pa} vs {pb}: largest difference {diff.max():.4f} over {len(diff)} rows "
+              f"({sa.loc[diff.idxmax(), 'metric']} t={sa.loc[diff.idxmax(), 't']})")
 
 
 if __name__ == "__main__":

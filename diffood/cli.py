@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
+import warnings
 
 import pandas as pd
 import torch
 
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, STEPPED
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, SAMPLERS, STEPPED
 from .errors import DiffoodError
 from .model import DEFAULT_CHECKPOINT
 
@@ -57,23 +57,16 @@ def _cmd_train(a) -> int:
 def _add_export(sub) -> None:
     from .train import TrainConfig
 
-    p = sub.add_parser("export", help="write a run's EMA weights as a diffusers-layout checkpoint")
+    p = sub.add_parser("export", help="write a run's EMA weights as a diffusers-layout checkpoint (no data needed)")
     p.add_argument("--run-dir", default=TrainConfig.run_dir)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--data-dir")
 
 
 def _cmd_export(a) -> int:
-    import json
+    from .train import export_run
 
-    from .train import TrainConfig, Trainer
-
-    cfg = TrainConfig.from_dict(json.loads((Path(a.run_dir) / "state.json").read_text())["config"])
-    cfg.run_dir, cfg.data_dir = a.run_dir, a.data_dir or cfg.data_dir
-    trainer = Trainer(cfg, device="cpu")
-    trainer.load_state()
-    trainer.export(a.out)
-    print(f"exported step {trainer.step} to {a.out}")
+    step, folder = export_run(a.run_dir, a.out)
+    print(f"exported step {step} to {folder}")
     return 0
 
 
@@ -84,6 +77,8 @@ def _add_common(p, sampler=True) -> None:
         p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"network calls for {' and '.join(STEPPED)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                   help="the UNet's: auto = bf16 on CUDA and on CPUs with native bf16 (AMX, AVX-512-bf16), else fp32")
     p.add_argument("--data-dir", help="torchvision data folder (default $DIFFOOD_DATA_DIR, then ~/.cache/diffood/data)")
     p.add_argument("--download", action="store_true", help="allow torchvision to download missing data sets")
 
@@ -97,7 +92,21 @@ def _load(a):
     from .diffusion import default_device
     from .model import load_checkpoint
 
-    return load_checkpoint(a.checkpoint or DEFAULT_CHECKPOINT, device=a.device or default_device())
+    return load_checkpoint(a.checkpoint or DEFAULT_CHECKPOINT, device=a.device or default_device(), precision=a.precision)
+
+
+def _progress_bar():
+    """A tqdm bar and the `progress(done, total, what)` callback that drives it."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(unit="img", dynamic_ncols=True)
+
+    def progress(done, total, what):
+        bar.total = total
+        bar.set_description(what)
+        bar.update(done - bar.n)
+
+    return bar, progress
 
 
 def _add_evaluate(sub) -> None:
@@ -110,29 +119,27 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--t", nargs="+", type=int, default=list(DEFAULT_TS), help="timesteps to score at")
     p.add_argument("--multi-t", nargs="+", default=list(DEFAULT_MULTI_TS),
                    help="timesteps combined into multi-t, or 'all' for every --t (default: %(default)s)")
+    p.add_argument("--draws", type=int, default=EvalConfig.draws, help="noise draws the default score averages")
+    p.add_argument("--detector-t", nargs="+", type=int, default=list(EvalConfig.detector_ts), help="t of the default score")
+    p.add_argument("--detector-metrics", nargs="+", default=list(EvalConfig.detector_metrics), choices=["mse", "lpips"])
     p.add_argument("--n", type=int, default=EvalConfig.n, help="ID test images, and images per OOD set")
     p.add_argument("--n-val", type=int, default=EvalConfig.n_val, help="ID validation images (z-score statistics)")
     p.add_argument("--no-lpips", action="store_true", help="MSE only")
     p.add_argument("--batch-size", type=int, default=EvalConfig.batch_size)
     p.add_argument("--cache-dir", help="where score tables are cached (default ~/.cache/diffood/evals)")
+    p.add_argument("--recompute", action="store_true", help="read no cached or shipped table: compute everything")
     p.add_argument("--out", default="diffood_eval", help="prefix of the CSVs written: PREFIX_scores.csv, PREFIX_summary.csv")
 
 
 def _cmd_evaluate(a) -> int:
-    from tqdm.auto import tqdm
-
     from .evaluate import EvalConfig, evaluate
 
     cfg = EvalConfig(checkpoint=a.checkpoint, ood=tuple(a.ood), ts=tuple(a.t), multi_ts=None if a.multi_t == ["all"] else tuple(map(int, a.multi_t)),
+                     draws=a.draws, detector_ts=tuple(a.detector_t), detector_metrics=tuple(a.detector_metrics),
                      sampler=a.sampler, steps=a.steps, n=a.n, n_val=a.n_val, seed=a.seed, lpips=not a.no_lpips,
-                     batch_size=a.batch_size, data_dir=a.data_dir, cache_dir=a.cache_dir, device=a.device)
-    bar = tqdm(unit="img", dynamic_ncols=True)
-
-    def progress(done, total, what):
-        bar.total = total
-        bar.set_description(what)
-        bar.update(done - bar.n)
-
+                     recompute=a.recompute, precision=a.precision, batch_size=a.batch_size, data_dir=a.data_dir,
+                     cache_dir=a.cache_dir, device=a.device)
+    bar, progress = _progress_bar()
     result = evaluate(cfg, _load(a), progress)
     bar.close()
     result.scores.to_csv(f"{a.out}_scores.csv", index=False)
@@ -141,6 +148,43 @@ def _cmd_evaluate(a) -> int:
         print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     source = "computed" if result.computed else f"read from {result.cache_file}"
     print(f"\nscores {source}; wrote {a.out}_scores.csv and {a.out}_summary.csv")
+    return 0
+
+
+def _add_select(sub) -> None:
+    from .select import SelectConfig
+
+    d = SelectConfig()
+    p = sub.add_parser("select", help="choose the default score on proxy OOD sets (never MNIST); print and write the table")
+    _add_common(p)
+    p.set_defaults(steps=d.steps)
+    p.add_argument("--proxies", nargs="+", default=list(d.proxies), help="proxy OOD sets (default: %(default)s)")
+    p.add_argument("--t", nargs="+", type=int, default=list(d.ts), help="candidate t; candidates take runs of them")
+    p.add_argument("--max-draws", type=int, default=d.max_draws)
+    p.add_argument("--max-calls", type=int, default=d.max_calls, help="network calls per image, at most")
+    p.add_argument("--n-ref", type=int, default=d.n_ref, help="ID validation images for the z-score reference")
+    p.add_argument("--n-id", type=int, default=d.n_id, help="further ID validation images: the ID side of each AUROC")
+    p.add_argument("--n-proxy", type=int, default=d.n_proxy, help="images per proxy set")
+    p.add_argument("--cache-dir", help="where score tables are cached (default ~/.cache/diffood/evals)")
+    p.add_argument("--out", default="diffood_select.csv", help="CSV of every candidate")
+
+
+def _cmd_select(a) -> int:
+    from .select import SelectConfig, choose, score_candidates
+
+    cfg = SelectConfig(checkpoint=a.checkpoint, proxies=tuple(a.proxies), ts=tuple(a.t), max_draws=a.max_draws,
+                       sampler=a.sampler, steps=a.steps, max_calls=a.max_calls, n_ref=a.n_ref, n_id=a.n_id,
+                       n_proxy=a.n_proxy, seed=a.seed, precision=a.precision, data_dir=a.data_dir,
+                       cache_dir=a.cache_dir, device=a.device)
+    bar, progress = _progress_bar()
+    table = score_candidates(cfg, _load(a), progress)
+    bar.close()
+    table.to_csv(a.out, index=False)
+    with pd.option_context("display.max_rows", 40, "display.width", 200):
+        print(table.head(25).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    best = choose(table, cfg.tolerance)
+    print(f"\n{len(table)} candidates; chosen: t = {best['ts']}, {best['draws']} draws, {best['metrics']}, "
+          f"{best['calls']} calls/image, mean proxy AUROC {best['mean']:.4f} (worst {best['worst']:.4f}); wrote {a.out}")
     return 0
 
 
@@ -168,7 +212,8 @@ def _cmd_reconstruct(a) -> int:
     columns = [to_pixels(x0)]
     for t in a.t:
         xt, recon = reconstruct(ckpt.model, x0, t, make_scheduler(), a.sampler, a.steps,
-                                torch.Generator().manual_seed(a.seed + t), noise=noise_for(len(x0), t, a.seed))
+                                torch.Generator().manual_seed(a.seed + t), noise=noise_for(len(x0), t, a.seed),
+                                precision=ckpt.precision)
         columns += [to_pixels(xt), to_pixels(recon), (to_pixels(recon) - to_pixels(x0)).abs()]
     grid = torch.stack(columns, dim=1).flatten(0, 1)  # row-major: one row per image
     save_image(grid, a.out, nrow=len(columns), padding=2, pad_value=0.5)
@@ -178,34 +223,37 @@ def _cmd_reconstruct(a) -> int:
 
 
 def _add_score(sub) -> None:
-    p = sub.add_parser("score", help="score image files against the ID statistics and print verdicts")
+    p = sub.add_parser("score", help="score image files, folders and .zip archives against the ID statistics")
     _add_common(p)
-    p.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
+    p.add_argument("images", nargs="+", help="image files (any format Pillow reads), folders of them, .zip archives")
     p.add_argument("--no-invert", action="store_true", help="never invert light backgrounds")
+    p.add_argument("--out", help="write the table (file, score, percentile, verdict, error) to this CSV")
 
 
 def _cmd_score(a) -> int:
-    from .data import load_user_image
     from .evaluate import EvalConfig, evaluate
+    from .inputs import collect
     from .perceptual import get_lpips
-    from .verdict import Reference, judge
+    from .verdict import Reference, judge_entries
 
     ckpt = _load(a)
     device = next(ckpt.model.parameters()).device
     result = evaluate(EvalConfig(checkpoint=a.checkpoint, ood=(), sampler=a.sampler, steps=a.steps, seed=a.seed,
                                  data_dir=a.data_dir, device=str(device)), ckpt)
     reference = Reference.from_result(result)
-    failed = 0
-    for path in a.images:
-        try:
-            x = load_user_image(Path(path).read_bytes(), invert=False if a.no_invert else None)
-        except (DiffoodError, OSError) as e:
-            print(f"{path}: error: {e}")
-            failed += 1
-            continue
-        v = judge(x, ckpt, reference, a.sampler, a.steps, a.seed, get_lpips(str(device)))[0]
-        print(f"{path}: {v.describe()}")
-    return 1 if failed else 0
+    entries = list(collect(a.images))
+    bar, progress = _progress_bar()
+    table = judge_entries(entries, ckpt, reference, a.sampler, a.steps, a.seed, get_lpips(str(device)),
+                          invert=False if a.no_invert else None, progress=lambda done, total: progress(done, total, "scoring"))
+    bar.close()
+    for row in table.itertuples():
+        print(f"{row.file}: error: {row.error}" if row.error else
+              f"{row.file}: {row.verdict}: score {row.score:+.2f} (ID validation percentile {row.percentile:.1f})")
+    print(f"threshold {reference.threshold:+.2f} accepts 95% of ID validation images; score: {reference.detector.describe()}")
+    if a.out:
+        table.to_csv(a.out, index=False)
+        print(f"wrote {a.out}")
+    return 1 if (table["error"] != "").any() else 0
 
 
 def _add_sample(sub) -> None:
@@ -225,7 +273,7 @@ def _cmd_sample(a) -> int:
     ckpt = _load(a)
     device = next(ckpt.model.parameters()).device
     x = generate(ckpt.model, a.n, make_scheduler(ckpt.meta.num_train_timesteps), a.steps,
-                 torch.Generator().manual_seed(a.seed), ckpt.meta.image_size, device)
+                 torch.Generator().manual_seed(a.seed), ckpt.meta.image_size, device, ckpt.precision)
     save_image(to_pixels(x), a.out, nrow=int(a.n**0.5 + 0.999), padding=2, pad_value=0.5)
     print(f"wrote {a.out}: {a.n} samples, DDIM {a.steps} steps, seed {a.seed}")
     return 0
@@ -233,6 +281,7 @@ def _cmd_sample(a) -> int:
 
 COMMANDS = {
     "evaluate": (_add_evaluate, _cmd_evaluate),
+    "select": (_add_select, _cmd_select),
     "reconstruct": (_add_reconstruct, _cmd_reconstruct),
     "score": (_add_score, _cmd_score),
     "sample": (_add_sample, _cmd_sample),
@@ -249,9 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warn(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     _setup(a)
+    warnings.showwarning = _warn  # one line per warning, no source lines
     try:
         return COMMANDS[a.command][1](a)
     except (DiffoodError, FileNotFoundError, FileExistsError) as e:

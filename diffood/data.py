@@ -23,6 +23,7 @@ from .errors import DataUnavailableError, ImageInputError
 
 IMAGE_SIZE = 28
 ID_DATASET = "fashionmnist"
+FASHIONMNIST_TRAIN_SIZE = 60_000
 VAL_SIZE = 2000  # held out of the FashionMNIST training set for z-score statistics, never trained on
 _SPLIT_SEED = 20231118  # fixes the train/val split for every run, whatever the run's own seed
 SAMPLES_PATH = Path(__file__).parent / "assets" / "samples.safetensors"
@@ -100,11 +101,21 @@ def _synthetic(kind: str) -> Callable[[int, int], torch.Tensor]:
     return make
 
 
-def _flipped(dim: int) -> Callable[..., torch.Tensor]:
+def _transformed(transform: Callable[[torch.Tensor, int], torch.Tensor]) -> Callable[..., torch.Tensor]:
     def make(n: int, seed: int, data_dir: Path, download: bool) -> torch.Tensor:
-        return load_images(ID_DATASET, "test", n, seed, data_dir, download).flip(dim)
+        return transform(load_images(ID_DATASET, "test", n, seed, data_dir, download), seed)
 
     return make
+
+
+def _patch_shuffle(images: torch.Tensor, seed: int, grid: int = 4) -> torch.Tensor:
+    """Each image cut into grid x grid patches, put back in a random order (one order per image)."""
+    n, p = len(images), IMAGE_SIZE // grid
+    patches = images.reshape(n, grid, p, grid, p).permute(0, 1, 3, 2, 4).reshape(n, grid * grid, p, p)
+    g = torch.Generator().manual_seed(seed + 1)
+    order = torch.stack([torch.randperm(grid * grid, generator=g) for _ in range(n)])
+    patches = patches[torch.arange(n)[:, None], order]
+    return patches.reshape(n, grid, grid, p, p).permute(0, 1, 3, 2, 4).reshape(n, IMAGE_SIZE, IMAGE_SIZE)
 
 
 # every OOD set the app and the CLI offer, by name
@@ -113,10 +124,17 @@ OOD_SETS: dict[str, str] = {
     "kmnist": "Kuzushiji-MNIST (test split; downloads when allowed)",
     "fashionmnist-vflip": "FashionMNIST test images flipped upside down",
     "fashionmnist-hflip": "FashionMNIST test images mirrored left-right (near-OOD: most clothes are symmetric)",
+    "fashionmnist-invert": "FashionMNIST test images with inverted intensities (dark clothes on a light background)",
+    "fashionmnist-shuffle": "FashionMNIST test images cut into 4 x 4 patches and shuffled (local texture kept, shape lost)",
     "gaussian-noise": "Gaussian pixel noise with FashionMNIST's mean and std",
     "uniform": "uniform pixel noise",
 }
-_DERIVED = {"fashionmnist-vflip": _flipped(-2), "fashionmnist-hflip": _flipped(-1)}
+_DERIVED = {
+    "fashionmnist-vflip": _transformed(lambda x, seed: x.flip(-2)),
+    "fashionmnist-hflip": _transformed(lambda x, seed: x.flip(-1)),
+    "fashionmnist-invert": _transformed(lambda x, seed: 255 - x),
+    "fashionmnist-shuffle": _transformed(_patch_shuffle),
+}
 _SYNTHETIC = {"gaussian-noise": _synthetic("gaussian"), "uniform": _synthetic("uniform")}
 
 
@@ -154,7 +172,11 @@ def load_images(
 def _bundled(name: str, split: str, n: int | None, seed: int) -> torch.Tensor | None:
     if seed != 0 or n is None or not SAMPLES_PATH.is_file():
         return None
-    images = load_file(SAMPLES_PATH).get(f"{name}/{split}")
+    try:
+        images = load_file(SAMPLES_PATH).get(f"{name}/{split}")
+    except Exception as e:  # safetensors raises its own error type for a corrupt file
+        raise DataUnavailableError(f"{name} is not in the data folder and the shipped sample {SAMPLES_PATH} is "
+                                   f"unreadable ({str(e)[:200]}); reinstall diffood or point --data-dir at the data") from e
     return images[:n] if images is not None and n <= len(images) else None
 
 

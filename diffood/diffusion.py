@@ -7,6 +7,7 @@ is called with t - 1, and reconstructing from t with the `chain` sampler takes e
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable, Literal
 
 import torch
@@ -24,12 +25,49 @@ SAMPLERS: dict[str, str] = {
     "plms": f"PLMS (diffusers PNDMScheduler) on a {PLMS_GRID}-step grid from t (about t/{1000 // PLMS_GRID} calls)",
 }
 STEPPED = ("strided", "ddim")  # the samplers that take `steps`; the others' cost is set by t
-DEFAULT_SAMPLER, DEFAULT_STEPS = "strided", 10  # tracks `chain` at 1/50 of its cost at t = 500 (benchmarks/samplers.py)
+DEFAULT_SAMPLER, DEFAULT_STEPS = "strided", 5  # tracks `chain` (benchmarks/samplers.py); 10 steps gained nothing (README)
 
 
 def sampler_name(sampler: str, steps: int) -> str:
     """How tables and captions name a sampler setting: "strided-10", "chain"."""
     return f"{sampler}-{steps}" if sampler in STEPPED else sampler
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """"fp32" or "bf16" for the UNet on `device`. `auto` takes bf16 where the hardware computes it
+    natively (CUDA; CPUs with AMX or AVX-512-bf16, per torch's own capability query) and fp32 elsewhere:
+    emulated bf16 is slower than fp32 (benchmarks/throughput.py)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if kind == "cpu" and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()):
+        return "bf16"
+    return "fp32"
+
+
+def autocast(device: torch.device | str, precision: str):
+    """The context the UNet runs in: bf16 autocast (norms and softmax stay fp32), or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def network_calls(sampler: str, steps: int, t: int) -> int:
+    """UNet evaluations one reconstruction from t makes."""
+    if t == 0:
+        return 0
+    if sampler in STEPPED:
+        return len(ddim_timesteps(t, steps)) - 1
+    if sampler == "plms":
+        return len(range(t - 1, -1, -NUM_TRAIN_TIMESTEPS // PLMS_GRID)) + 1
+    return t
 
 
 def make_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> DDPMScheduler:
@@ -145,10 +183,12 @@ def reconstruct(
     generator: torch.Generator | None = None,
     batch_size: int = 500,
     noise: torch.Tensor | None = None,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise x0 to t, denoise back with `sampler`; returns (x_t, reconstruction), both like x0.
 
     Runs on x0's device in batches of `batch_size`; the model must live on the same device.
+    `precision` ("fp32" or "bf16") is the UNet's; the sampler's arithmetic stays fp32.
     """
     if not 0 <= t <= scheduler.config.num_train_timesteps:
         raise ValueError(f"t must lie in [0, {scheduler.config.num_train_timesteps}], got {t}")
@@ -162,17 +202,21 @@ def reconstruct(
     abars = alpha_bars(scheduler).to(x0.device)
     out = []
     for xb in xt.split(batch_size):
-        if sampler == "ddim":
-            out.append(_denoise_ddim(model, xb, t, steps, abars))
-        elif sampler == "chain":
-            out.append(_denoise_chain(model, xb, list(range(t, -1, -1)), abars))
-        elif sampler == "strided":
-            out.append(_denoise_chain(model, xb, ddim_timesteps(t, steps), abars))
-        elif sampler == "plms":
-            out.append(_denoise_plms(model, xb, t, scheduler))
-        else:
-            out.append(_denoise_ddpm(model, xb, t, scheduler, generator))
+        with autocast(x0.device, precision):
+            out.append(_denoise(model, xb, t, scheduler, sampler, steps, generator, abars))
     return xt, torch.cat(out)
+
+
+def _denoise(model, x, t, scheduler, sampler, steps, generator, abars) -> torch.Tensor:
+    if sampler == "ddim":
+        return _denoise_ddim(model, x, t, steps, abars)
+    if sampler == "chain":
+        return _denoise_chain(model, x, list(range(t, -1, -1)), abars)
+    if sampler == "strided":
+        return _denoise_chain(model, x, ddim_timesteps(t, steps), abars)
+    if sampler == "plms":
+        return _denoise_plms(model, x, t, scheduler)
+    return _denoise_ddpm(model, x, t, scheduler, generator)
 
 
 @torch.inference_mode()
@@ -184,8 +228,10 @@ def generate(
     generator: torch.Generator | None = None,
     image_size: int = 28,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Samples from pure noise (DDIM from t = T): what the model believes in-distribution looks like."""
     x = torch.randn((n, 1, image_size, image_size), generator=generator).to(device)
     T = scheduler.config.num_train_timesteps
-    return _denoise_ddim(model, x, T, steps, alpha_bars(scheduler).to(device))
+    with autocast(device, precision):
+        return _denoise_ddim(model, x, T, steps, alpha_bars(scheduler).to(device))

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from diffusers import UNet2DModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from .diffusion import resolve_precision
 from .errors import CheckpointError
+from .files import atomic_save_safetensors, atomic_write_text
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
@@ -84,44 +84,7 @@ class Checkpoint:
     meta: CheckpointMeta
     path: Path
     sha256: str  # of the weights file: identifies the model in evaluation cache keys
-
-
-def temp_beside(path: Path) -> str:
-    """A temporary file next to `path`: on the same file system, so `publish` can rename it atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    return tmp
-
-
-def publish(tmp: str, path: Path) -> None:
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600
-    os.replace(tmp, path)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = temp_beside(path)
-    try:
-        Path(tmp).write_bytes(data)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(Path(path), text.encode())
-
-
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    path = Path(path)
-    tmp = temp_beside(path)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    precision: str = "fp32"  # the UNet's, resolved for its device: "fp32" or "bf16"
 
 
 def save_checkpoint(model: UNet2DModel, folder: str | Path, meta: CheckpointMeta) -> Path:
@@ -145,8 +108,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint folder, raising CheckpointError with the reason for anything amiss."""
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", precision: str = "auto") -> Checkpoint:
+    """Load a checkpoint folder, raising CheckpointError with the reason for anything amiss.
+    `precision` ("auto", "fp32", "bf16") is resolved here for `device`, once."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}")
@@ -156,8 +120,10 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
     try:
         config = json.loads((folder / CONFIG_NAME).read_text())
         meta_dict = json.loads((folder / META_NAME).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
         raise CheckpointError(f"checkpoint {folder}: unreadable JSON ({e})") from e
+    if not isinstance(config, dict) or not isinstance(meta_dict, dict):
+        raise CheckpointError(f"checkpoint {folder}: {CONFIG_NAME} and {META_NAME} must each hold a JSON object")
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise CheckpointError(f"checkpoint {folder} holds a {config.get('_class_name')}, not a UNet2DModel")
     try:
@@ -185,6 +151,7 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {folder}: weights do not match config.json ({str(e)[:500]})") from e
     model.eval().requires_grad_(False).to(device)
-    if torch.device(device).type == "cpu":  # faster convolutions on CPU (benchmarks/throughput.py)
+    precision = resolve_precision(precision, device)
+    if torch.device(device).type == "cpu" and precision == "fp32":  # bf16 on CPU ran faster without it
         model.to(memory_format=torch.channels_last)
-    return Checkpoint(model=model, meta=meta, path=folder, sha256=_sha256(folder / WEIGHTS_NAME))
+    return Checkpoint(model=model, meta=meta, path=folder, sha256=_sha256(folder / WEIGHTS_NAME), precision=precision)

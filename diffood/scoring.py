@@ -1,11 +1,14 @@
-"""Per-image OOD scores: reconstruction error at each t, z-scored against ID validation statistics.
+"""Per-image OOD scores: reconstruction errors at each t and noise draw, and the detectors built on them.
 
-Metrics per image and t: `mse` (pixels in [0, 1]), `lpips`, and `mse+lpips` (their plain sum, as the
-seed did). `multi-t` is the mean over t of the z-scored `mse` and `lpips` (Graham et al., CVPR-W 2023).
+Metrics per image, t and draw: `mse` (pixels in [0, 1]), `lpips`, and `mse+lpips` (their plain sum).
+A `Detector` turns those rows into one score per image: average each metric over the first `draws`
+noise draws, z-score it against the same average on ID validation images, and take the mean of the
+z-scores over its t and metrics (Graham et al., CVPR-W 2023, with draws = 1).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -13,18 +16,59 @@ import pandas as pd
 import torch
 
 from .data import to_pixels
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, reconstruct
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, network_calls, reconstruct
 from .perceptual import PerceptualDistance
 
 METRICS = ("mse", "lpips", "mse+lpips")
-MULTI_T = "multi-t"
-MULTI_T_PARTS = ("mse", "lpips")
 
 
-def noise_for(n: int, t: int, seed: int, image_size: int = 28) -> torch.Tensor:
-    """The noise image i gets at t: fixed by (seed, t), the same for every set, so ID and OOD images
-    are noised alike and adding a t later never changes scores already computed."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + t)
+@dataclass(frozen=True)
+class Detector:
+    """A score: z-mean over `ts` and `metrics` of each error averaged over the first `draws` noise draws."""
+
+    ts: tuple[int, ...]
+    draws: int = 1
+    metrics: tuple[str, ...] = ("mse",)
+
+    def calls(self, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS) -> int:
+        """Network calls per image."""
+        return self.draws * sum(network_calls(sampler, steps, t) for t in self.ts)
+
+    def describe(self) -> str:
+        return (f"z-mean of {' + '.join(self.metrics)} over t = {', '.join(map(str, self.ts))}, "
+                f"each averaged over {self.draws} noise draw{'s' * (self.draws > 1)}")
+
+    def scores(self, scores: pd.DataFrame, reference: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
+        """One row per image (grouped by `keys` + index): its score, in column "score".
+
+        `reference` holds the ID validation rows the z-scores are taken against. A metric that is
+        NaN throughout (LPIPS unavailable) is left out of the mean.
+        """
+        keys = [k for k in (keys or []) if k in scores.columns] + ["index"]
+        avg = self._averaged(scores, keys)
+        ref = self._averaged(reference, ["index"]).groupby("t")
+        parts = [m for m in self.metrics if avg[m].notna().any()] or [self.metrics[0]]
+        z = pd.DataFrame({m: (avg[m] - avg["t"].map(ref[m].mean())) / avg["t"].map(ref[m].std()) for m in parts})
+        avg["score"] = z.mean(axis=1)
+        return avg.groupby(keys, sort=False)["score"].mean().reset_index()
+
+    def _averaged(self, scores: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+        rows = scores[scores["t"].isin(self.ts) & (draw_column(scores) < self.draws)]
+        missing = {(t, d) for t in self.ts for d in range(self.draws)} - set(zip(rows["t"], draw_column(rows)))
+        if missing:
+            raise ValueError(f"the table lacks (t, draw) {sorted(missing)[:5]} for {self.describe()}")
+        return rows.groupby([*keys, "t"], sort=False)[list(self.metrics)].mean().reset_index()
+
+
+def draw_column(scores: pd.DataFrame) -> pd.Series:
+    """The noise draw of each row (tables from before draws existed hold draw 0 only)."""
+    return scores["draw"] if "draw" in scores.columns else pd.Series(0, index=scores.index)
+
+
+def noise_for(n: int, t: int, seed: int, image_size: int = 28, draw: int = 0) -> torch.Tensor:
+    """The noise image i gets at t in draw `draw`: fixed by (seed, t, draw), the same for every set, so ID
+    and OOD images are noised alike and adding a t or a draw never changes scores already computed."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 1001 * draw + t)  # draw 0: the seed's noise
     return torch.randn((n, 1, image_size, image_size), generator=g)
 
 
@@ -43,52 +87,27 @@ def score_images(
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
     lpips: PerceptualDistance | None = None,
-    batch_size: int = 500,
+    batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    draws: Iterable[int] = (0,),
+    precision: str = "fp32",
+    shared_noise: bool = False,
 ) -> pd.DataFrame:
-    """One row per image x t: index, t, mse, lpips, mse+lpips. `progress(k)` after each t."""
+    """One row per image x t x draw: index, t, draw, mse, lpips, mse+lpips. The draws of a t run as
+    one batch of images x draws. Image i gets the noise of row i of its set, or with `shared_noise`
+    that of row 0, so that an image scores the same alone or in any batch (uploads). `progress(k)`
+    after each t, with the reconstructions made."""
+    draws = list(draws)
+    n = len(x0)
     frames = []
     for t in ts:
-        noise = noise_for(len(x0), t, seed, x0.shape[-1])
-        _, recon = reconstruct(model, x0, t, scheduler, sampler, steps, torch.Generator().manual_seed(seed + t),
-                               batch_size, noise=noise)
-        frames.append(pd.DataFrame({"index": np.arange(len(x0)), "t": t, **reconstruction_errors(x0, recon, lpips)}))
+        rows = 1 if shared_noise else n
+        noise = torch.cat([noise_for(rows, t, seed, x0.shape[-1], d).expand(n, -1, -1, -1) for d in draws])
+        xs = x0.repeat(len(draws), 1, 1, 1)
+        _, recon = reconstruct(model, xs, t, scheduler, sampler, steps, torch.Generator().manual_seed(seed + t),
+                               batch_size, noise=noise, precision=precision)
+        frames.append(pd.DataFrame({"index": np.tile(np.arange(n), len(draws)), "t": t,
+                                    "draw": np.repeat(draws, n), **reconstruction_errors(xs, recon, lpips)}))
         if progress:
-            progress(len(x0))
+            progress(len(xs))
     return pd.concat(frames, ignore_index=True)
-
-
-def id_statistics(val_scores: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std of each metric per t over the ID validation images: the z-score reference."""
-    return val_scores.groupby("t")[list(METRICS)].agg(["mean", "std"])
-
-
-def add_zscores(scores: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
-    """Adds `z_<metric>` columns: (score - ID mean at t) / ID std at t."""
-    out = scores.copy()
-    for m in METRICS:
-        mean = out["t"].map(stats[(m, "mean")])
-        std = out["t"].map(stats[(m, "std")])
-        out[f"z_{m}"] = (out[m] - mean) / std
-    return out
-
-
-def combined_ts(multi_ts: Iterable[int] | None, available: Iterable[int]) -> tuple[int, ...]:
-    """The t that multi-t combines: the chosen ones that were scored, or every scored t when none
-    of them was (or none was chosen)."""
-    available = sorted({int(t) for t in available})
-    chosen = [t for t in available if multi_ts is None or t in set(multi_ts)]
-    return tuple(chosen or available)
-
-
-def multi_t_scores(scores: pd.DataFrame, stats: pd.DataFrame, ts: Iterable[int] | None = None,
-                   keys: list[str] | None = None) -> pd.DataFrame:
-    """Per image (grouped by `keys` + index): the mean over t of z_mse and z_lpips.
-
-    Where LPIPS is unavailable (NaN) the mean is over z_mse alone.
-    """
-    keys = [k for k in (keys or []) if k in scores.columns] + ["index"]
-    z = add_zscores(scores if ts is None else scores[scores["t"].isin(list(ts))], stats)
-    parts = z[[f"z_{m}" for m in MULTI_T_PARTS]]
-    z[MULTI_T] = parts.mean(axis=1, skipna=True)
-    return z.groupby(keys, sort=False)[MULTI_T].mean().reset_index()

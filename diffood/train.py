@@ -24,17 +24,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .data import ID_DATASET, VAL_SIZE, load_images, to_model_input
+from .data import FASHIONMNIST_TRAIN_SIZE, ID_DATASET, VAL_SIZE, load_images, to_model_input
 from .diffusion import add_noise, default_device, make_scheduler
-from .model import (
-    CheckpointMeta,
-    ModelConfig,
-    atomic_save_safetensors,
-    atomic_write_text,
-    build_unet,
-    count_parameters,
-    save_checkpoint,
-)
+from .errors import CheckpointError
+from .files import atomic_save_safetensors, atomic_write_text
+from .model import CheckpointMeta, ModelConfig, build_unet, count_parameters, save_checkpoint
 
 LOG_FIELDS = ["step", "images_seen", "epoch", "loss", "lr", "elapsed_s", "img_per_s"]
 
@@ -252,26 +246,52 @@ class Trainer:
 
     def export(self, folder: str | Path) -> Path:
         """Write the EMA weights as a diffusers-layout checkpoint with our diffood.json."""
-        log = self.run_dir / "train_log.csv"
-        rows = list(csv.DictReader(open(log))) if log.exists() else []
-        training = {
-            "parameters": count_parameters(self.ema),
-            "model_config": asdict(self.cfg.model),
-            "steps": self.step,
-            "images_seen": self.step * self.cfg.batch_size,
-            "epochs": round(self.step / self.steps_per_epoch, 2),
-            "final_loss": float(rows[-1]["loss"]) if rows else None,
-            "wall_time_s": round(self.elapsed, 1),
-            "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads"
-            + (f", {torch.cuda.get_device_name()}" if self.device.type == "cuda" else ""),
-            "train_config": asdict(self.cfg),
-        }
-        meta = CheckpointMeta(
-            training_data=f"FashionMNIST train minus a held-out validation split of {VAL_SIZE} "
-            f"({len(self.images)} images)",
-            training=training,
-        )
-        return save_checkpoint(self.ema, folder, meta)
+        return _export(self.ema, self.cfg, self.step, self.elapsed, len(self.images), self.device, folder)
+
+
+def _export(ema: torch.nn.Module, cfg: TrainConfig, step: int, elapsed: float, n_images: int, device, folder) -> Path:
+    log = Path(cfg.run_dir) / "train_log.csv"
+    rows = list(csv.DictReader(open(log))) if log.exists() else []
+    steps_per_epoch = n_images // cfg.batch_size
+    training = {
+        "parameters": count_parameters(ema),
+        "model_config": asdict(cfg.model),
+        "steps": step,
+        "images_seen": step * cfg.batch_size,
+        "epochs": round(step / steps_per_epoch, 2),
+        "final_loss": float(rows[-1]["loss"]) if rows else None,
+        "wall_time_s": round(elapsed, 1),
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads"
+        + (f", {torch.cuda.get_device_name()}" if torch.device(device).type == "cuda" else ""),
+        # where the run lived on the machine that trained it is no business of the checkpoint's
+        "train_config": {**asdict(cfg), "run_dir": Path(cfg.run_dir).name, "data_dir": None},
+    }
+    meta = CheckpointMeta(
+        training_data=f"FashionMNIST train minus a held-out validation split of {VAL_SIZE} ({n_images} images)",
+        training=training,
+    )
+    return save_checkpoint(ema, folder, meta)
+
+
+def export_run(run_dir: str | Path, folder: str | Path) -> tuple[int, Path]:
+    """A run's EMA weights -> a checkpoint folder, from its state files alone (no data set needed).
+    Returns (step, folder)."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    try:
+        state = json.loads((run_dir / "state.json").read_text())
+        cfg = TrainConfig.from_dict(state["config"])
+        tensors = load_file(run_dir / "state.safetensors")
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # unreadable JSON, missing keys, corrupt safetensors
+        raise CheckpointError(f"run {run_dir}: unreadable state ({type(e).__name__}: {str(e)[:300]})") from e
+    cfg.run_dir = str(run_dir)
+    ema = build_unet(cfg.model)
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    n_images = min(cfg.limit_images or FASHIONMNIST_TRAIN_SIZE, FASHIONMNIST_TRAIN_SIZE - VAL_SIZE)
+    return state["step"], _export(ema, cfg, state["step"], state["elapsed_s"], n_images, "cpu", folder)
 
 
 def run(cfg: TrainConfig, resume: bool = False, max_steps=None, max_minutes=None, export_dir=None,

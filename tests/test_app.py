@@ -1,6 +1,7 @@
 """The dashboard, driven by Streamlit's AppTest against a tiny random checkpoint."""
 
 import io
+import os
 
 import pytest
 from PIL import Image
@@ -9,18 +10,29 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import ROOT, needs_data
 
 pytestmark = needs_data
-PAGES = ["app_pages/reconstruct.py", "app_pages/histograms.py", "app_pages/roc.py", "app_pages/upload.py"]
+PAGES = ["pages/reconstruct.py", "pages/histograms.py", "pages/roc.py", "pages/upload.py"]
 
 
 @pytest.fixture
-def app(tiny_checkpoint):
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240)
+def app(tiny_checkpoint, tmp_path):
+    # AppTest takes a `pages/` folder beside the main script for Streamlit's file-based pages and runs a
+    # switched-to page alone, without app.py; a main script elsewhere that runs app.py sees only
+    # st.navigation, as the real server does (the browser test opens every page by deep link too)
+    main = tmp_path / "main.py"
+    main.write_text(f"import runpy\nrunpy.run_path({str(ROOT / 'app.py')!r}, run_name='__main__')\n")
+    at = AppTest.from_file(str(main), default_timeout=240)
+    at.main_dir = tmp_path
     at.session_state["checkpoint"] = str(tiny_checkpoint)
     at.session_state["steps"] = 2
     at.session_state["eval_n"] = 100
     at.session_state["eval_ts"] = [100, 600]
     at.session_state["multi_ts"] = [100, 600]
+    at.session_state["draws"] = 2
     return at.run()
+
+
+def goto(at, page):
+    return at.switch_page(os.path.relpath(ROOT / page, at.main_dir)).run()
 
 
 def _ok(at):
@@ -43,14 +55,14 @@ def test_every_page_runs_and_the_sidebar_persists(app):
     assert any("cpu" in c.value.lower() for c in app.sidebar.caption)
     app.sidebar.selectbox(key="ood").set_value("fashionmnist-vflip").run()
     for page in PAGES:
-        app.switch_page(page).run()
+        goto(app, page)
         _ok(app)
         assert app.session_state["ood"] == "fashionmnist-vflip"  # kept across pages
         assert app.sidebar.text_input(key="checkpoint").value == app.session_state["checkpoint"]
 
 
 def test_moving_the_t_slider_changes_the_reconstructions(app):
-    app.switch_page("app_pages/reconstruct.py").run()
+    goto(app, "pages/reconstruct.py")
     _ok(app)
     assert len(app.get("image")) >= 16
 
@@ -66,15 +78,19 @@ def test_moving_the_t_slider_changes_the_reconstructions(app):
 
 
 def test_histograms_switch_metric_threshold_and_ood_set(app):
-    app.switch_page("app_pages/histograms.py").run()
+    goto(app, "pages/histograms.py")
     _computed(app)
     charts = app.get("plotly_chart")
     assert len(charts) == 1
     title = lambda: app.get("plotly_chart")[0].proto.spec  # noqa: E731
     first = title()
+    assert "default score" in first  # the default score is what the page opens with
     app.radio(key="hist_metric").set_value("multi-t").run()
     _ok(app)
     assert title() != first and "multi-t" in title()
+    app.radio(key="hist_metric").set_value("mse").run()
+    _ok(app)
+    assert "mse at t = 700" in title()  # the t nearest 700 among those scored (700: the default score's)
     fpr_before = [m.value for m in app.metric]
     app.slider[0].set_value(app.slider[0].max).run()  # everything accepted
     assert [m.value for m in app.metric][:2] == ["100.0%", "100.0%"] and [m.value for m in app.metric] != fpr_before
@@ -84,11 +100,13 @@ def test_histograms_switch_metric_threshold_and_ood_set(app):
 
 
 def test_roc_page_draws_curves_and_offers_the_table(app):
-    app.switch_page("app_pages/roc.py").run()
+    goto(app, "pages/roc.py")
     _computed(app)
     assert len(app.get("plotly_chart")) == 3
     table = app.dataframe[0].value
-    assert {"mse", "lpips", "mse+lpips", "multi-t"} <= set(table["metric"])
+    assert {"mse", "lpips", "mse+lpips", "multi-t", "default"} <= set(table["metric"])
+    cards = [m.label for m in app.metric]  # the default score, the seed's multi-t and the best single t side by side
+    assert cards[0].startswith("default score") and cards[1].startswith("multi-t score") and cards[2].startswith("best single")
     assert any(b.label == "Download CSV" for b in app.get("download_button"))
 
 
@@ -101,18 +119,18 @@ def _png(color_bg=255):
 
 
 def test_upload_scores_examples_and_files_and_survives_bad_ones(app):
-    app.switch_page("app_pages/upload.py").run()
+    goto(app, "pages/upload.py")
     _ok(app)
     app.radio(key="upload_source").set_value("Example: noise").run()
     _computed(app)
     verdicts = [e.value for e in app.success] + [e.value for e in app.error]
     assert len(verdicts) == 1 and "threshold" in verdicts[0]
 
-    app.radio(key="upload_source").set_value("Upload a file").run()
+    app.radio(key="upload_source").set_value("Upload files").run()
     app.file_uploader(key="upload_file").set_value(("shirt.png", _png(), "image/png")).run()
     _ok(app)
-    assert len(app.success) + len(app.error) == 1 and "multi-t score" in (list(app.success) + list(app.error))[0].value
-    assert len(app.dataframe) == 1 and len(app.dataframe[0].value) == 2  # one row per t
+    assert len(app.success) + len(app.error) == 1 and "score" in (list(app.success) + list(app.error))[0].value
+    assert len(app.dataframe) == 1 and len(app.dataframe[0].value) == 1  # one row per t of the default score
 
     app.file_uploader(key="upload_file").set_value(("notes.png", b"not really a png", "image/png")).run()
     _ok(app)
@@ -123,9 +141,51 @@ def test_upload_scores_examples_and_files_and_survives_bad_ones(app):
     assert not any("not a readable image" in e.value for e in app.error)
 
 
+def _zip(entries):
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_upload_scores_many_files_and_archives_and_lists_the_bad_ones(app):
+    from diffood.data import MAX_UPLOAD_BYTES
+
+    goto(app, "pages/upload.py")
+    app.radio(key="upload_source").set_value("Upload files").run()
+    archive = _zip({"a.png": _png(), "b.png": _png(0), "notes.txt": b"hello", "huge.png": bytes(MAX_UPLOAD_BYTES + 1)})
+    app.file_uploader(key="upload_file").set_value([("batch.zip", archive, "application/zip"),
+                                                    ("single.png", _png(), "image/png")]).run()
+    _computed(app)
+    table = app.dataframe[0].value
+    assert sorted(table["file"]) == ["batch.zip/a.png", "batch.zip/b.png", "single.png"]
+    assert set(table["verdict"]) <= {"looks in-distribution", "likely OOD"}
+    warning = app.warning[0].value
+    assert "2 files were not scored" in warning and "batch.zip/notes.txt" in warning and "batch.zip/huge.png" in warning
+    assert any(b.label == "Download CSV" for b in app.get("download_button"))
+    assert len(app.get("plotly_chart")) == 1  # every image marked on the ID histogram
+
+
+def test_a_damaged_cached_table_is_a_warning_and_a_compute_button(app):
+    goto(app, "pages/histograms.py")
+    _computed(app)
+    from diffood.evaluate import default_cache_dir
+
+    for table in default_cache_dir().glob("*.csv.gz"):
+        table.write_bytes(b"\x1f\x8b truncated")
+    goto(app, "pages/roc.py")
+    _ok(app)
+    assert any("unreadable score table" in w.value for w in app.warning)
+    _computed(app)
+    assert len(app.get("plotly_chart")) == 3
+
+
 def test_a_bad_checkpoint_is_a_message_not_a_traceback(app, tmp_path):
     app.session_state["checkpoint"] = str(tmp_path / "nowhere")
-    for page in ["app_pages/home.py", *PAGES]:
-        app.switch_page(page).run()
+    for page in ["pages/home.py", *PAGES]:
+        goto(app, page)
         _ok(app)
         assert any("checkpoint folder not found" in e.value for e in app.error)

@@ -11,7 +11,7 @@ from diffood.cli import main
 from tests.conftest import ROOT, needs_data
 
 
-@pytest.mark.parametrize("command", ["evaluate", "reconstruct", "score", "sample", "train", "export"])
+@pytest.mark.parametrize("command", ["evaluate", "select", "reconstruct", "score", "sample", "train", "export"])
 def test_help_works_offline(command):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "no_proxy": "*", "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
     out = subprocess.run([sys.executable, "-m", "diffood", command, "--help"], cwd=ROOT, env=env,
@@ -29,7 +29,8 @@ def test_evaluate_prints_the_summary_and_writes_csvs(tiny_checkpoint, tmp_path, 
     assert "auroc" in out and "multi-t" in out and "uniform" in out
     summary = pd.read_csv(f"{prefix}_summary.csv")
     assert set(summary["ood"]) == {"mnist", "uniform"}
-    assert len(pd.read_csv(f"{prefix}_scores.csv")) == (8 + 8 + 8 + 8) * 2
+    assert "default" in out
+    assert len(pd.read_csv(f"{prefix}_scores.csv")) == (8 + 8 + 8 + 8) * (2 + 4)  # t = 100, 600; 4 draws at t = 700
 
 
 @needs_data

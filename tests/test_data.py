@@ -68,6 +68,27 @@ def test_flipped_sets_are_flips_of_the_id_test_images():
     x = load_images(ID_DATASET, "test", 4, seed=2)
     assert torch.equal(load_images("fashionmnist-vflip", "test", 4, seed=2), x.flip(-2))
     assert torch.equal(load_images("fashionmnist-hflip", "test", 4, seed=2), x.flip(-1))
+    assert torch.equal(load_images("fashionmnist-invert", "test", 4, seed=2), 255 - x)
+
+
+@needs_data
+def test_patch_shuffled_images_keep_their_patches_in_another_order():
+    x = load_images(ID_DATASET, "test", 3, seed=2)
+    y = load_images("fashionmnist-shuffle", "test", 3, seed=2)
+    patches = lambda a: sorted(p.flatten().tolist() for p in a.unfold(0, 7, 7).unfold(1, 7, 7).reshape(16, 7, 7))  # noqa: E731
+    for a, b in zip(x, y):
+        assert patches(a) == patches(b) and not torch.equal(a, b)
+    assert torch.equal(y, load_images("fashionmnist-shuffle", "test", 3, seed=2))
+
+
+def test_a_corrupt_sample_bundle_is_one_clear_error(tmp_path, monkeypatch):
+    from diffood import data
+
+    bad = tmp_path / "samples.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
+    monkeypatch.setattr(data, "SAMPLES_PATH", bad)
+    with pytest.raises(DataUnavailableError, match="shipped sample .* is unreadable"):
+        load_images("mnist", "test", 8, seed=0, data_dir=tmp_path)
 
 
 @needs_data

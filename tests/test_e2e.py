@@ -6,18 +6,24 @@ download and no data beyond what the repository ships. Screenshots go to a folde
 
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 
 import pytest
 from PIL import Image
 
+from diffood.data import MAX_UPLOAD_BYTES
 from diffood.model import DEFAULT_CHECKPOINT
 from tests.conftest import ROOT
+
+SHIPPED_OOD = ["mnist", "fashionmnist-vflip", "fashionmnist-hflip", "gaussian-noise", "uniform"]
+DEEP_LINKS = {"reconstruct": "mean MSE", "histograms": "ID accepted (TPR)", "roc": "Download CSV", "upload": "Upload one or more"}
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -61,7 +67,10 @@ def server(tmp_path_factory):
     proc.terminate()
     proc.wait(timeout=30)
     log.seek(0)
-    assert "Traceback" not in log.read(), "the server logged a traceback"
+    text = log.read()
+    print(f"\nserver log:\n{text[-2000:]}")
+    assert "Traceback" not in text, "the server logged a traceback"
+    assert not re.search(r"warn|deprecat", text, re.IGNORECASE), "the server logged a warning"
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +114,22 @@ def _png_bytes():
     return buf.getvalue()
 
 
+def _zip_bytes():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("clothes/shirt.png", _png_bytes())
+        z.writestr("clothes/dark.png", _png_bytes())
+        z.writestr("readme.txt", "not an image")
+        z.writestr("huge.png", bytes(MAX_UPLOAD_BYTES + 1))  # compresses to almost nothing
+    return buf.getvalue()
+
+
+def _choose_ood(page, name):
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(has_text="OOD set").click()
+    page.get_by_role("option", name=re.compile(f"^{re.escape(name)}:")).click()
+    _settled(page)
+
+
 def test_every_page_slider_and_uploads_in_a_real_browser(server, browser, shots):
     page = _page(browser, server)
     _settled(page)
@@ -143,7 +168,7 @@ def test_every_page_slider_and_uploads_in_a_real_browser(server, browser, shots)
     _settled(page)
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
         files=[{"name": "shirt.png", "mimeType": "image/png", "buffer": _png_bytes()}])
-    page.get_by_text("multi-t score").first.wait_for()
+    page.get_by_text("ID validation images.").first.wait_for()
     verdict = page.locator('[data-testid="stAlert"]').first.inner_text()
     assert "looks in-distribution" in verdict.lower() or "likely ood" in verdict.lower()
     page.screenshot(path=str(shots / "upload.png"), full_page=True)
@@ -152,6 +177,36 @@ def test_every_page_slider_and_uploads_in_a_real_browser(server, browser, shots)
         files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"just some text"}])
     page.get_by_text("notes.png: not a readable image").wait_for()
     page.screenshot(path=str(shots / "upload-bad-file.png"), full_page=True)
+
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+        files=[{"name": "batch.zip", "mimeType": "application/zip", "buffer": _zip_bytes()},
+               {"name": "single.png", "mimeType": "image/png", "buffer": _png_bytes()}])
+    page.get_by_text("3 images scored").wait_for()
+    page.get_by_text("2 files were not scored").wait_for()
+    page.get_by_text("batch.zip/readme.txt").wait_for()
+    page.get_by_text("batch.zip/huge.png").wait_for()
+    page.get_by_text("Download CSV").wait_for()
+    page.screenshot(path=str(shots / "upload-batch.png"), full_page=True)
+    page.close()
+
+
+def test_each_shipped_ood_set_opens_without_computing(server, browser):
+    page = _page(browser, server, "histograms")
+    _settled(page)
+    for name in SHIPPED_OOD:
+        _choose_ood(page, name)
+        page.get_by_text("ID accepted (TPR)").wait_for()
+        assert not page.get_by_text("Compute now").count(), name
+        page.locator('[data-testid="stPlotlyChart"]').get_by_text(f"{name} (OOD)").wait_for()
+    page.close()
+
+
+@pytest.mark.parametrize("path", list(DEEP_LINKS))
+def test_deep_links_open_each_page_with_the_sidebar(server, browser, path):
+    page = _page(browser, server, path)
+    _settled(page)
+    page.get_by_text(DEEP_LINKS[path]).first.wait_for()
+    page.locator('[data-testid="stSidebar"]').get_by_text("Settings").wait_for()
     page.close()
 
 

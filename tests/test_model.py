@@ -88,3 +88,60 @@ def test_mismatched_weights_config_and_meta(tiny_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="not a UNet2DModel"):
         load_checkpoint(c)
 
+
+
+def test_precision_is_resolved_once_at_load(tiny_checkpoint, monkeypatch):
+    from diffood import diffusion
+
+    assert load_checkpoint(tiny_checkpoint, precision="fp32").precision == "fp32"
+    assert load_checkpoint(tiny_checkpoint, precision="bf16").precision == "bf16"
+    for amx, bf16, expected in ((True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=bf16: v)
+        assert diffusion.resolve_precision("auto", "cpu") == expected
+    with pytest.raises(ValueError, match="unknown precision"):
+        diffusion.resolve_precision("fp8", "cpu")
+
+
+def test_bf16_reconstructions_stay_close_to_fp32(tiny_unet):
+    from diffood.diffusion import make_scheduler, reconstruct
+
+    x0 = torch.rand((4, 1, 28, 28), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    a = reconstruct(tiny_unet, x0, 600, make_scheduler(), "strided", 5, noise=noise, precision="fp32")[1]
+    b = reconstruct(tiny_unet, x0, 600, make_scheduler(), "strided", 5, noise=noise, precision="bf16")[1]
+    assert a.dtype == b.dtype == torch.float32
+    assert 0 < (a - b).abs().max() < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_path_scores_like_the_cpu(tiny_checkpoint):
+    from diffood.diffusion import make_scheduler
+    from diffood.scoring import score_images
+
+    x0 = torch.rand((8, 1, 28, 28), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    cpu = load_checkpoint(tiny_checkpoint, "cpu", precision="fp32")
+    gpu = load_checkpoint(tiny_checkpoint, "cuda", precision="auto")
+    assert gpu.precision == "bf16"
+    a = score_images(cpu.model, x0, [500], make_scheduler(), steps=5, draws=range(2))
+    b = score_images(gpu.model, x0.cuda(), [500], make_scheduler(), steps=5, draws=range(2), precision=gpu.precision)
+    assert (a["mse"] - b["mse"]).abs().max() < 0.02 * a["mse"].abs().max()
+
+
+def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
+    from diffood.files import atomic_path, atomic_write_text
+
+    path = tmp_path / "f.txt"
+    atomic_write_text(path, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            open(tmp, "w").write("half")
+            raise RuntimeError("disk full")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_non_object_json_is_a_checkpoint_error(tiny_checkpoint, tmp_path):
+    c = _copy(tiny_checkpoint, tmp_path / "list")
+    (c / META_NAME).write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="JSON object"):
+        load_checkpoint(c)

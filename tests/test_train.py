@@ -1,4 +1,5 @@
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -10,8 +11,9 @@ from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
 from diffood import train as train_module
+from diffood.errors import CheckpointError
 from diffood.model import load_checkpoint
-from diffood.train import TrainConfig, batch_indices, lr_at, run
+from diffood.train import TrainConfig, batch_indices, export_run, lr_at, run
 from tests.conftest import DATA_DIR, ROOT, TINY, needs_data
 
 
@@ -34,7 +36,7 @@ def test_batches_cover_each_epoch_once():
 
 
 @needs_data
-def test_resume_continues_bit_for_bit(tmp_path):
+def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
     straight = run(_cfg(tmp_path / "a"), progress=False)
     run(_cfg(tmp_path / "b"), max_steps=5, progress=False)
     resumed = run(_cfg(tmp_path / "b"), resume=True, progress=False, export_dir=tmp_path / "export")
@@ -52,6 +54,16 @@ def test_resume_continues_bit_for_bit(tmp_path):
     assert ckpt.meta.training["steps"] == 10 and ckpt.meta.training["images_seen"] == 160
     assert torch.equal(ckpt.model.conv_in.weight, straight.ema.conv_in.weight)
     assert torch.equal(UNet2DModel.from_pretrained(tmp_path / "export").conv_in.weight, straight.ema.conv_in.weight)
+    assert "/" not in json.dumps(ckpt.meta.training["train_config"]["data_dir"]) and ckpt.meta.training["train_config"]["run_dir"] == "b"
+
+    # export from the run's files alone, with no data set anywhere: the same checkpoint
+    monkeypatch.setenv("DIFFOOD_DATA_DIR", str(tmp_path / "no-data"))
+    step, _ = export_run(tmp_path / "b", tmp_path / "again")
+    again = load_checkpoint(tmp_path / "again")
+    assert step == 10 and again.sha256 == ckpt.sha256 and again.meta == ckpt.meta
+    (tmp_path / "b" / "state.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match="unreadable state"):
+        export_run(tmp_path / "b", tmp_path / "third")
 
 
 @needs_data

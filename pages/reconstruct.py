@@ -3,11 +3,11 @@
 import streamlit as st
 import torch
 
-from app_pages.common import DATASET_LABELS, checkpoint, heat, load_model, lpips_net, strip, to_display
 from diffood.data import ID_DATASET, load_images, to_model_input, to_pixels
 from diffood.diffusion import make_scheduler, reconstruct
 from diffood.errors import DiffoodError
 from diffood.scoring import noise_for, reconstruction_errors
+from pages.common import DATASET_LABELS, checkpoint, heat, load_model, lpips_net, strip, to_display
 
 st.title("Reconstruct")
 st.caption("Each row: original · noised x_t · reconstruction · |error| (black = none, white = 1). "
@@ -20,7 +20,7 @@ def reconstructions(path: str, sha: str, dataset: str, n: int, t: int, sampler: 
     device = next(ckpt.model.parameters()).device
     x0 = to_model_input(load_images(dataset, "test", n, seed)).to(device)
     xt, rec = reconstruct(ckpt.model, x0, t, make_scheduler(), sampler, steps, torch.Generator().manual_seed(seed + t),
-                          noise=noise_for(n, t, seed))
+                          noise=noise_for(n, t, seed), precision=ckpt.precision)
     errors = reconstruction_errors(x0, rec, lpips_net())
     rows = []
     for i in range(n):

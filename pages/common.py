@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,11 +13,35 @@ import streamlit as st
 import torch
 
 from diffood.data import ID_DATASET, OOD_SETS
-from diffood.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, STEPPED, default_device
+from diffood.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, STEPPED, default_device, resolve_precision
 from diffood.errors import DiffoodError
-from diffood.evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, EvalConfig, EvalResult, evaluate, pending_images
+from diffood.evaluate import (
+    DEFAULT_DETECTOR,
+    DEFAULT_MULTI_TS,
+    DEFAULT_TS,
+    CacheWarning,
+    EvalConfig,
+    EvalResult,
+    evaluate,
+    table_status,
+)
 from diffood.model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 from diffood.perceptual import get_lpips, lpips_status
+
+# the pages, by file name: title, icon, URL path. Paths are absolute, so any main script finds them
+PAGES = {
+    "home": ("Home", ":material/home:", None),
+    "reconstruct": ("Reconstruct", ":material/autorenew:", "reconstruct"),
+    "histograms": ("Score histograms", ":material/bar_chart:", "histograms"),
+    "roc": ("ROC / AUROC vs t", ":material/show_chart:", "roc"),
+    "upload": ("Score your image", ":material/image_search:", "upload"),
+}
+
+
+def page(name: str) -> st.Page:
+    title, icon, url_path = PAGES[name]
+    return st.Page(Path(__file__).parent / f"{name}.py", title=title, icon=icon, url_path=url_path, default=url_path is None)
+
 
 DATASET_LABELS = {ID_DATASET: "FashionMNIST (ID)", **{k: k for k in OOD_SETS}}
 DEFAULTS = {
@@ -25,6 +50,7 @@ DEFAULTS = {
     "sampler": DEFAULT_SAMPLER,
     "steps": DEFAULT_STEPS,
     "seed": 0,
+    "draws": DEFAULT_DETECTOR.draws,
     "eval_ts": list(DEFAULT_TS),
     "eval_n": 1000,
     "multi_ts": list(DEFAULT_MULTI_TS),
@@ -49,6 +75,9 @@ def sidebar() -> None:
         st.number_input("Steps", 1, 100, key="steps", disabled=st.session_state["sampler"] not in STEPPED,
                         help=f"Network calls per reconstruction for {' and '.join(STEPPED)}")
         st.number_input("Seed", 0, 2**31 - 1, key="seed")
+        st.number_input("Noise draws", 1, 16, key="draws",
+                        help=f"The default score averages each image's error over this many independent noisings "
+                             f"at t = {', '.join(map(str, DEFAULT_DETECTOR.ts))}")
         st.divider()
         st.caption(f"Device: **{device_name()}**")
         status = lpips_status()
@@ -57,7 +86,8 @@ def sidebar() -> None:
 
 def device_name() -> str:
     d = default_device()
-    return f"CUDA ({torch.cuda.get_device_name()})" if d.type == "cuda" else d.type.upper()
+    name = f"CUDA ({torch.cuda.get_device_name()})" if d.type == "cuda" else d.type.upper()
+    return f"{name}, {resolve_precision('auto', d)}"
 
 
 @st.cache_resource(show_spinner="Loading the model…")
@@ -84,13 +114,13 @@ def eval_config(reference_only: bool = False) -> EvalConfig:
     s = st.session_state
     return EvalConfig(checkpoint=checkpoint_path(), ood=() if reference_only else (s["ood"],),
                       ts=tuple(sorted(s["eval_ts"])), multi_ts=tuple(sorted(set(s["multi_ts"]) & set(s["eval_ts"]))) or None,
-                      sampler=s["sampler"], steps=int(s["steps"]),
+                      draws=int(s["draws"]), sampler=s["sampler"], steps=int(s["steps"]),
                       n=DEFAULTS["eval_n"] if reference_only else int(s["eval_n"]), seed=int(s["seed"]),
                       device=str(default_device()))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _read_evaluation(config_json: str, sha: str) -> EvalResult:
+def _read_evaluation(config_json: str, sha: str, version: str) -> EvalResult:
     cfg = EvalConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(config_json).items()})
     return evaluate(cfg, load_model(cfg.checkpoint))
 
@@ -99,7 +129,11 @@ def evaluation(cfg: EvalConfig) -> EvalResult | None:
     """The evaluation table for cfg if it needs no computing (shipped or cached); else a button that
     computes it with a progress bar. Returns None while it is not there."""
     ckpt = checkpoint()
-    missing = pending_images(cfg, ckpt)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CacheWarning)
+        missing, version = table_status(cfg, ckpt)  # an unreadable cached table is moved aside here, with a warning
+    for w in caught:
+        st.warning(str(w.message), icon=":material/warning:")
     if missing:
         st.info(f"These settings have not been evaluated yet: {missing:,} reconstructions to run "
                 f"({', '.join(cfg.ood) or 'ID reference only'}; t = {', '.join(map(str, cfg.ts))}; n = {cfg.n}).")
@@ -113,7 +147,7 @@ def evaluation(cfg: EvalConfig) -> EvalResult | None:
             return None
         st.rerun()  # redraw without the button, now reading the cache
     try:
-        return _read_evaluation(json.dumps(asdict(cfg)), ckpt.sha256)
+        return _read_evaluation(json.dumps(asdict(cfg)), ckpt.sha256, version)
     except DiffoodError as e:
         st.error(str(e))
         return None

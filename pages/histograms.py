@@ -4,24 +4,27 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from app_pages.common import evaluated_tables
 from diffood.diffusion import sampler_name
+from diffood.evaluate import DEFAULT, MULTI_T
 from diffood.metrics import auroc, rates_at_threshold, threshold_at_tpr
-from diffood.scoring import METRICS, MULTI_T, multi_t_scores
+from diffood.scoring import METRICS
+from pages.common import evaluated_tables
 
 st.title("Score histograms")
 cfg, result = evaluated_tables()
 
 scores, ood = result.scores, cfg.ood[0]
-metric = st.radio("Score", [*METRICS, MULTI_T], horizontal=True, key="hist_metric",
-                  help="multi-t: mean over t of the z-scored MSE and LPIPS")
-if metric == MULTI_T:
-    keys = ["role", "dataset"]
-    table = multi_t_scores(scores, result.stats, result.multi_ts, keys=keys).rename(columns={MULTI_T: "score"})
-    label = f"multi-t over t = {', '.join(map(str, result.multi_ts))}"
+metric = st.radio("Score", [DEFAULT, MULTI_T, *METRICS], horizontal=True, key="hist_metric",
+                  help=f"default: {result.detectors[DEFAULT].describe()} (chosen on proxy OOD sets).\n\n"
+                       f"multi-t: the seed's score, {result.detectors[MULTI_T].describe()}.\n\n"
+                       "The others: one metric at one t, one noise draw.")
+if metric in result.detectors:
+    table = result.detector_scores(metric)
+    label = f"{metric} score"
 else:
-    t = st.select_slider("t", sorted(scores["t"].unique()), value=min(scores["t"].unique(), key=lambda v: abs(v - 700)), key="hist_t")
-    table = scores[scores["t"] == t].rename(columns={metric: "score"})
+    single = scores[scores["draw"] == 0]
+    t = st.select_slider("t", sorted(single["t"].unique()), value=min(single["t"].unique(), key=lambda v: abs(v - 700)), key="hist_t")
+    table = single[single["t"] == t].rename(columns={metric: "score"})
     label = f"{metric} at t = {t}"
 id_s = table.loc[table["role"] == "id", "score"].to_numpy()
 ood_s = table.loc[table["role"] == "ood", "score"].to_numpy()
@@ -49,4 +52,5 @@ c1.metric("ID accepted (TPR)", f"{id_ok:.1%}")
 c2.metric("OOD accepted (FPR)", f"{ood_ok:.1%}")
 c3.metric("OOD detected", f"{1 - ood_ok:.1%}")
 st.caption(f"The default threshold {default_thr:.4f} accepts 95 % of the {len(val_s)} ID validation images. "
-           f"{len(id_s)} ID test and {len(ood_s)} OOD images; {sampler_name(cfg.sampler, cfg.steps)} sampler, seed {cfg.seed}.")
+           f"{len(id_s)} ID test and {len(ood_s)} OOD images; {sampler_name(cfg.sampler, cfg.steps)} sampler, seed {cfg.seed}."
+           + (f" The {metric} score: {result.detectors[metric].describe()}." if metric in result.detectors else ""))

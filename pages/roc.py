@@ -1,0 +1,86 @@
+"""ROC / AUROC vs t: the default score beside the seed's multi-t and the best single t; AUROC and FPR95
+against t per metric; ROC curves."""
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from diffood.evaluate import DEFAULT, MULTI_T
+from diffood.metrics import roc_curve
+from diffood.scoring import METRICS
+from pages.common import evaluated_tables
+
+st.title("ROC / AUROC vs t")
+cfg, result = evaluated_tables()
+summary, scores, ood = result.summary, result.scores, cfg.ood[0]
+per_t = summary[summary["t"].notna()]
+combined = summary[summary["t"].isna()].set_index("metric")
+metrics = [m for m in METRICS if m in set(per_t["metric"])]
+png = {"toImageButtonOptions": {"format": "png", "filename": "diffood_auroc"}}
+colour = dict(zip(METRICS, ["#4c9be8", "#e8664c", "#5cc98b"]))  # one colour per metric on every chart
+best = per_t.loc[per_t["auroc"].idxmax()] if len(per_t) else None
+
+cards = st.columns(3)
+for col, name in zip(cards, [DEFAULT, MULTI_T]):
+    if name in combined.index:
+        row = combined.loc[name]
+        col.metric(f"{name} score: AUROC", f"{row['auroc']:.3f}", help=result.detectors[name].describe(), delta_color="off",
+                   delta=f"FPR95 {row['fpr95']:.3f} · {int(row['calls'])} calls/image", delta_arrow="off")
+if best is not None:
+    cards[2].metric(f"best single: {best['metric']} at t = {int(best['t'])}", f"{best['auroc']:.3f}", delta_color="off",
+                    delta=f"FPR95 {best['fpr95']:.3f} · {int(best['calls'])} calls/image", delta_arrow="off",
+                    help="chosen here with the OOD set's labels, so an optimistic figure")
+
+fig = go.Figure()
+for m in metrics:
+    rows = per_t[per_t["metric"] == m].sort_values("t")
+    fig.add_scatter(x=rows["t"], y=rows["auroc"], mode="lines+markers", name=m, line_color=colour[m])
+    top = rows.loc[rows["auroc"].idxmax()]
+    fig.add_scatter(x=[top["t"]], y=[top["auroc"]], mode="markers", marker=dict(symbol="star", size=16, color=colour[m]),
+                    name=f"best {m}: t={int(top['t'])}, {top['auroc']:.3f}")
+for name, dash in ((DEFAULT, "solid"), (MULTI_T, "dash")):
+    if name in combined.index:
+        fig.add_hline(y=float(combined.loc[name, "auroc"]), line_dash=dash, line_color="#f0a43a" if name == DEFAULT else "gray",
+                      annotation_text=f"{name}: {float(combined.loc[name, 'auroc']):.3f}")
+fig.add_hline(y=0.5, line_dash="dot", line_color="gray", annotation_text="chance")
+fig.update_layout(title=f"AUROC vs t: FashionMNIST vs {ood}", xaxis_title="t", yaxis_title="AUROC", yaxis_range=[0, 1.02])
+st.plotly_chart(fig, config=png)
+
+fig = go.Figure()
+for m in metrics:
+    rows = per_t[per_t["metric"] == m].sort_values("t")
+    fig.add_scatter(x=rows["t"], y=rows["fpr95"], mode="lines+markers", name=m, line_color=colour[m])
+for name, dash in ((DEFAULT, "solid"), (MULTI_T, "dash")):
+    if name in combined.index:
+        fig.add_hline(y=float(combined.loc[name, "fpr95"]), line_dash=dash, annotation_text=name)
+fig.update_layout(title="FPR at 95 % TPR vs t (lower is better)", xaxis_title="t", yaxis_title="FPR95", yaxis_range=[0, 1.02])
+st.plotly_chart(fig, config=png)
+
+st.subheader("ROC curves")
+c1, c2 = st.columns(2)
+single = scores[scores["draw"] == 0]
+ts = sorted(single["t"].unique())
+options = [*result.detectors, *metrics]
+chosen_m = c1.multiselect("Scores", options, default=[DEFAULT, MULTI_T, best["metric"] if best is not None else "mse"],
+                          key="roc_metrics")
+best_t = int(best["t"]) if best is not None else ts[-1]
+chosen_t = c2.multiselect("t (for single-t scores)", ts, default=[best_t], key="roc_ts")
+fig = go.Figure()
+for m in chosen_m:
+    if m in result.detectors:
+        s = result.detector_scores(m, ["role"])
+        curves = [(m, s.loc[s["role"] == "id", "score"], s.loc[s["role"] == "ood", "score"])]
+    else:
+        curves = [(f"{m}, t={t}", single.loc[(single["role"] == "id") & (single["t"] == t), m],
+                   single.loc[(single["role"] == "ood") & (single["t"] == t), m]) for t in chosen_t]
+    for name, a, b in curves:
+        fpr, tpr, _ = roc_curve(a, b)
+        fig.add_scatter(x=fpr, y=tpr, mode="lines", name=name)
+fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), name="chance")
+fig.update_layout(title="ROC (OOD = positive)", xaxis_title="false positive rate (ID flagged)",
+                  yaxis_title="true positive rate (OOD flagged)")
+st.plotly_chart(fig, config={"toImageButtonOptions": {"format": "png", "filename": "diffood_roc"}})
+
+st.subheader("Table")
+st.dataframe(summary, hide_index=True, column_config={"auroc": st.column_config.NumberColumn(format="%.4f"),
+                                                      "fpr95": st.column_config.NumberColumn(format="%.4f")})
+st.download_button("Download CSV", summary.to_csv(index=False), file_name=f"diffood_summary_{ood}.csv", mime="text/csv")

@@ -1,0 +1,139 @@
+"""Score your images: one or many uploads (or .zip archives, or a built-in example), preprocessed like
+the training data, reconstructed, scored with the default score and placed against the ID distribution."""
+
+import hashlib
+import io
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+from PIL import Image
+
+from diffood.data import ID_DATASET, load_images, load_user_image, to_pixels
+from diffood.diffusion import make_scheduler, reconstruct
+from diffood.errors import DiffoodError
+from diffood.inputs import IMAGE_SUFFIXES, Entry, expand
+from diffood.scoring import noise_for
+from diffood.verdict import TARGET_TPR, Reference, judge, judge_entries
+from pages.common import checkpoint, eval_config, evaluation, load_model, lpips_net, to_display
+
+TYPES = sorted(s.lstrip(".") for s in IMAGE_SUFFIXES) + ["zip"]
+
+st.title("Score your image")
+st.caption("Any image works: it is turned to grayscale, its aspect kept, padded to 28 × 28, and inverted when its "
+           "background is light, so the object is bright on dark as in FashionMNIST. Several files or a .zip "
+           "archive give a table.")
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def example(name: str) -> bytes:
+    if name == "noise":
+        return _png(load_images("uniform", "test", 1, seed=0)[0].numpy())
+    dataset = ID_DATASET if name.startswith("FashionMNIST") else "mnist"
+    return _png(load_images(dataset, "test", 1, seed=0)[0].numpy())
+
+
+@st.cache_data(show_spinner="Reconstructing and scoring…", max_entries=64)
+def score_one(data: bytes, invert: bool | None, path: str, sha: str, sampler: str, steps: int, seed: int,
+              reference_key: tuple, _reference: Reference):
+    ckpt = load_model(path)
+    x = load_user_image(data, invert=invert)
+    verdict = judge(x, ckpt, _reference, sampler, steps, seed, lpips_net())[0]
+    device = next(ckpt.model.parameters()).device
+    recons = {}
+    for t in _reference.ts:
+        _, rec = reconstruct(ckpt.model, x.to(device), t, make_scheduler(), sampler, steps,
+                             torch.Generator().manual_seed(seed + t), noise=noise_for(1, t, seed), precision=ckpt.precision)
+        recons[t] = to_display(to_pixels(rec[0]))
+    return to_display(to_pixels(x[0]), 6), recons, verdict
+
+
+def id_histogram(reference: Reference, marks: dict[str, float], title: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_histogram(x=reference.val_scores, name="FashionMNIST validation", nbinsx=40, opacity=0.7)
+    fig.add_vline(x=reference.threshold, line_dash="dash", annotation_text="threshold")
+    for name, value in marks.items():
+        fig.add_vline(x=value, line_color="red", line_width=2 if len(marks) > 1 else 3,
+                      annotation_text=name if len(marks) <= 12 else None)
+    fig.update_layout(title=title, xaxis_title=f"{reference.name} score (higher = more OOD)", height=340,
+                      showlegend=False, margin=dict(t=50, b=30))
+    return fig
+
+
+ckpt = checkpoint()
+s = st.session_state
+source = st.radio("Image", ["Upload files", "Example: FashionMNIST item", "Example: MNIST digit", "Example: noise"],
+                  horizontal=True, key="upload_source")
+if source == "Upload files":
+    uploads = st.file_uploader("Images or .zip archives", type=TYPES, accept_multiple_files=True, key="upload_file")
+    if not uploads:
+        st.info("Upload one or more images (or a .zip of them), or pick an example above.")
+        st.stop()
+    entries = [e for up in uploads for e in expand(up.name, up.getvalue())]
+else:
+    entries = [Entry(source, example(source.split(": ")[1]))]
+invert_choice = st.radio("Invert", ["auto (light background → invert)", "never", "always"], horizontal=True, key="upload_invert")
+invert = {"never": False, "always": True}.get(invert_choice)
+
+result = evaluation(eval_config(reference_only=True))
+if result is None:
+    st.stop()
+reference = Reference.from_result(result)
+settings = (str(ckpt.path), ckpt.sha256, s["sampler"], int(s["steps"]), int(s["seed"]))
+
+if len(entries) == 1:
+    entry = entries[0]
+    try:
+        if entry.error:
+            raise DiffoodError(entry.error)
+        load_user_image(entry.data, invert=invert)  # a bad file is reported before anything else runs
+    except DiffoodError as e:
+        st.error(f"{entry.name}: {e}")
+        st.stop()
+    shown, recons, verdict = score_one(entry.data, invert, *settings, (reference.detector, reference.threshold), reference)
+    text = (f"**{verdict.label[0].upper() + verdict.label[1:]}**: score {verdict.score:+.2f} is "
+            f"{'above' if verdict.is_ood else 'at or below'} the threshold {verdict.threshold:+.2f}; "
+            f"higher than {verdict.percentile:.1f} % of ID validation images.")
+    (st.error if verdict.is_ood else st.success)(text)
+    st.caption(f"The threshold accepts {TARGET_TPR:.0%} of the {len(reference.val_scores)} FashionMNIST validation images "
+               f"(95 % TPR). Score: {reference.detector.describe()}.")
+    cols = st.columns(1 + len(recons))
+    cols[0].image(shown, caption="input, as the model sees it (28 × 28)")
+    for col, (t, img) in zip(cols[1:], recons.items()):
+        col.image(img, caption=f"reconstruction from t = {t} (first draw)", width=168)
+    left, right = st.columns(2)
+    with left:
+        st.dataframe(verdict.per_t[["t", "mse", "lpips", "z_mse", "z_lpips"]], hide_index=True,
+                     column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ["mse", "lpips", "z_mse", "z_lpips"]})
+    with right:
+        st.plotly_chart(id_histogram(reference, {"this image": verdict.score}, "Where this image lands among ID images"))
+    st.stop()
+
+digest = hashlib.sha256(b"".join(hashlib.sha256(e.name.encode() + (e.data or b"")).digest() for e in entries)
+                        + repr((invert, settings, reference.detector)).encode()).hexdigest()
+if s.get("batch_digest") != digest:
+    bar = st.progress(0.0, text=f"Scoring {len(entries)} files…")
+    table = judge_entries(entries, ckpt, reference, s["sampler"], int(s["steps"]), int(s["seed"]), lpips_net(), invert,
+                          progress=lambda done, total: bar.progress(done / total, text=f"Scored {done} of {total} images"))
+    bar.empty()
+    s["batch_digest"], s["batch_table"] = digest, table
+table = s["batch_table"]
+scored = table[table["error"] == ""]
+bad = table[table["error"] != ""]
+st.subheader(f"{len(scored)} images scored: {int((scored['verdict'] == 'likely OOD').sum())} likely OOD")
+st.dataframe(scored.drop(columns="error"), hide_index=True,
+             column_config={"score": st.column_config.NumberColumn(format="%+.3f"),
+                            "percentile": st.column_config.NumberColumn("ID percentile", format="%.1f")})
+st.download_button("Download CSV", table.to_csv(index=False), file_name="diffood_scores.csv", mime="text/csv")
+if len(bad):
+    st.warning(f"{len(bad)} files were not scored:\n\n" + "\n".join(f"- `{r.file}`: {r.error}" for r in bad.itertuples()))
+if len(scored):
+    st.plotly_chart(id_histogram(reference, dict(zip(scored["file"], scored["score"])), "Where these images land among ID images"))
+st.caption(f"The threshold {reference.threshold:+.2f} accepts {TARGET_TPR:.0%} of the {len(reference.val_scores)} "
+           f"FashionMNIST validation images. Score: {reference.detector.describe()}.")

@@ -1,0 +1,30 @@
+"""The benchmarks measure what they say: the sweep computes everything, reading no table."""
+
+import sys
+
+import pytest
+
+from diffood import evaluate as ev
+from tests.conftest import ROOT, needs_data
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sweep = pytest.importorskip("sweep")
+
+
+@needs_data
+def test_the_sweep_benchmark_reads_no_cached_or_shipped_table(tiny_checkpoint, tmp_path, monkeypatch):
+    kw = dict(ts=(50, 400), detector_ts=(400,), draws=2, n=8, n_val=8, steps=2)
+    cached = ev.evaluate(ev.EvalConfig(checkpoint=str(tiny_checkpoint), cache_dir=str(tmp_path), **kw))
+    assert cached.cache_file.is_file()  # a table the benchmark could have read
+    cfg = sweep.config(str(tiny_checkpoint), None, str(tmp_path), "cpu", **kw)
+    monkeypatch.setattr(ev, "_read_cached", lambda paths: pytest.fail(f"the benchmark read {paths}"))
+    result = ev.evaluate(cfg)
+    assert len(result.computed) == 3 * 2  # every (set, t) computed
+
+
+def test_the_sweep_benchmark_uses_the_defaults():
+    cfg = sweep.config("ckpt", None, "/tmp/x", "cpu")
+    default = ev.EvalConfig()
+    assert (cfg.ts, cfg.ood, cfg.n, cfg.n_val, cfg.detector, cfg.sampler, cfg.steps) == (
+        default.ts, default.ood, default.n, default.n_val, default.detector, default.sampler, default.steps)
+    assert cfg.recompute

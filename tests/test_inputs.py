@@ -1,0 +1,106 @@
+"""Many images at once: folders and .zip archives, with every kind of bad entry reported, not fatal."""
+
+import io
+import zipfile
+
+import pytest
+from PIL import Image
+
+from diffood.cli import main
+from diffood.inputs import collect, expand, read_archive
+from tests.conftest import needs_data
+
+
+def _png(bg=255):
+    img = Image.new("L", (40, 40), bg)
+    img.paste(255 - bg, (10, 5, 30, 35))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _zip(entries: dict[str, bytes], links=()) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+        for name in links:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o120777 << 16)  # a symbolic link
+            z.writestr(info, "/etc/passwd")
+    return buf.getvalue()
+
+
+def test_an_archive_yields_its_images_and_names_each_refusal():
+    data = _zip({"a/shirt.png": _png(), "b.png": _png(0), "../../escape.png": _png(), "/abs.png": _png(),
+                 "inner.zip": _zip({"x.png": _png()}), "huge.png": bytes(2_000_000)}, links=["link.png"])
+    entries = {e.name: e for e in read_archive("batch.zip", data, max_bytes=1_000_000)}
+    assert entries["batch.zip/a/shirt.png"].data == _png() and entries["batch.zip/b.png"].error is None
+    assert "leaves the archive" in entries["batch.zip/../../escape.png"].error
+    assert "leaves the archive" in entries["batch.zip//abs.png"].error
+    assert "archives inside archives" in entries["batch.zip/inner.zip"].error
+    assert "limit" in entries["batch.zip/huge.png"].error
+    assert "symbolic link" in entries["batch.zip/link.png"].error
+
+
+def test_archive_limits_refuse_bombs_before_reading():
+    bomb = _zip({f"{i}.png": bytes(300_000) for i in range(3)})
+    assert "limit is 2" in read_archive("a.zip", bomb, max_entries=2)[0].error
+    assert "unpacks to" in read_archive("a.zip", bomb, max_total=500_000)[0].error
+    assert all("compression ratio" in e.error for e in read_archive("a.zip", bomb, max_ratio=50))
+    assert "not a readable zip" in read_archive("a.zip", b"PK\x03\x04 truncated")[0].error
+
+
+def test_a_folder_is_read_recursively_in_order(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "b.png").write_bytes(_png())
+    (tmp_path / "sub" / "a.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "notes.txt").write_text("skipped: not an image suffix")
+    (tmp_path / "set.zip").write_bytes(_zip({"c.png": _png()}))
+    names = [e.name for e in collect([str(tmp_path)])]
+    assert names == [str(tmp_path / "b.png"), f"{tmp_path / 'set.zip'}/c.png", str(tmp_path / "sub" / "a.jpg")]
+    assert [e.name for e in expand("x.png", b"")] == ["x.png"]
+
+
+@needs_data
+def test_cli_scores_files_folders_and_archives_into_a_table(tiny_checkpoint, tmp_path, capsys):
+    import pandas as pd
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "shirt.png").write_bytes(_png())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    archive = tmp_path / "batch.zip"
+    archive.write_bytes(_zip({"dark.png": _png(0), "readme.txt": b"hello", "huge.png": bytes(60 * 2**20)}))
+    out = tmp_path / "scores.csv"
+    code = main(["score", "--checkpoint", str(tiny_checkpoint), "--steps", "2", str(folder), str(archive), "--out", str(out)])
+    assert code == 1  # some entries failed
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns) == ["file", "score", "percentile", "verdict", "error"]
+    by_file = table.set_index("file")
+    assert by_file.loc[str(folder / "shirt.png"), "verdict"] in ("looks in-distribution", "likely OOD")
+    assert by_file.loc[f"{archive}/dark.png", "error"] == ""
+    for bad in (str(folder / "broken.png"), f"{archive}/readme.txt", f"{archive}/huge.png"):
+        assert by_file.loc[bad, "verdict"] == "error" and by_file.loc[bad, "error"], bad
+    printed = capsys.readouterr().out
+    assert "readme.txt: error: not a readable image" in printed and f"wrote {out}" in printed
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+@needs_data
+def test_batches_score_as_single_images_do(tiny_checkpoint, chunk):
+    import numpy as np
+
+    from diffood.evaluate import EvalConfig, evaluate
+    from diffood.inputs import Entry
+    from diffood.model import load_checkpoint
+    from diffood.verdict import Reference, judge_entries
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    ref = Reference.from_result(evaluate(EvalConfig(checkpoint=str(tiny_checkpoint), ood=(), ts=(400,), detector_ts=(400,),
+                                                    draws=2, n_val=10, steps=2), ckpt))
+    entries = [Entry("a", _png()), Entry("b", b"nope"), Entry("c", _png(0)), Entry("d", error="refused")]
+    table = judge_entries(entries, ckpt, ref, "strided", 2, chunk=chunk)
+    one = judge_entries(entries[2:3], ckpt, ref, "strided", 2)
+    assert list(table["error"] == "") == [True, False, True, False]
+    assert np.isclose(table.loc[2, "score"], one.loc[0, "score"], atol=1e-4)
