@@ -2,10 +2,11 @@
 
 import streamlit as st
 
-from pages.common import PAGES, page, sidebar
+from pages.common import PAGES, app_running, page, sidebar
 
 st.set_page_config(page_title="diffood: OOD detection by diffusion reconstruction", page_icon=":material/checkroom:",
                    layout="wide")
 current = st.navigation([page(name) for name in PAGES])
 sidebar()
-current.run()
+with app_running():
+    current.run()

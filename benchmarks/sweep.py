@@ -4,6 +4,7 @@ or shipped table is read (EvalConfig.recompute); the table is written to a tempo
 
     python benchmarks/sweep.py                               # the defaults (precision auto)
     python benchmarks/sweep.py --precision fp32 bf16         # both, one after the other, AUROC compared
+    python benchmarks/sweep.py --compile                     # with torch.compile, compilation included
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--precision", nargs="+", default=["auto"], choices=list(PRECISIONS))
     p.add_argument("--batch-size", type=int, default=EvalConfig.batch_size)
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (compile time included)")
     a = p.parse_args()
     device = torch.device(a.device) if a.device else default_device()
     rows, summaries = [], {}
     for precision in a.precision:
-        ckpt = load_checkpoint(a.checkpoint or DEFAULT_CHECKPOINT, device=device, precision=precision)
+        ckpt = load_checkpoint(a.checkpoint or DEFAULT_CHECKPOINT, device=device, precision=precision, compile=a.compile)
         cfg = config(str(ckpt.path), a.data_dir, tempfile.mkdtemp(prefix="diffood-sweep-"), str(device),
                      batch_size=a.batch_size)
         from tqdm.auto import tqdm
@@ -43,7 +45,7 @@ def main() -> None:
         images = cfg.n_val + 2 * cfg.n
         calls = images * sum(k * network_calls(cfg.sampler, cfg.steps, t) for t, k in cfg.needed().items())
         gflop = calls * unet_gflop(ckpt.model, device)
-        rows.append({"machine": machine(device), "precision": ckpt.precision, "images": images,
+        rows.append({"machine": machine(device), "precision": ckpt.precision, "compile": a.compile, "images": images,
                      "reconstructions": images * sum(cfg.needed().values()), "network_calls": calls,
                      "sampler": sampler_name(cfg.sampler, cfg.steps), "seconds": tm["s"], "calls_per_s": calls / tm["s"],
                      "unet_gflop_per_s": gflop / tm["s"]})

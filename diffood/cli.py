@@ -79,6 +79,7 @@ def _add_common(p, sampler=True) -> None:
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                    help="the UNet's: auto = bf16 on CUDA and on CPUs with native bf16 (AMX, AVX-512-bf16), else fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (pays off on long runs only)")
     p.add_argument("--data-dir", help="torchvision data folder (default $DIFFOOD_DATA_DIR, then ~/.cache/diffood/data)")
     p.add_argument("--download", action="store_true", help="allow torchvision to download missing data sets")
 
@@ -92,7 +93,8 @@ def _load(a):
     from .diffusion import default_device
     from .model import load_checkpoint
 
-    return load_checkpoint(a.checkpoint or DEFAULT_CHECKPOINT, device=a.device or default_device(), precision=a.precision)
+    return load_checkpoint(a.checkpoint or DEFAULT_CHECKPOINT, device=a.device or default_device(), precision=a.precision,
+                           compile=a.compile)
 
 
 def _progress_bar():

@@ -60,7 +60,7 @@ def read_archive(name: str, data: bytes, max_entries: int = MAX_ENTRIES, max_tot
         elif is_archive(info.filename):
             out.append(Entry(inner, error="refused: archives inside archives are not opened"))
         elif info.file_size > max_bytes:
-            out.append(Entry(inner, error=f"{info.file_size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB per image"))
+            out.append(Entry(inner, error=f"{info.file_size:,} bytes is over the {max_bytes / 2**20:.0f} MiB limit per image"))
         elif info.compress_size and info.file_size / info.compress_size > max_ratio:
             out.append(Entry(inner, error=f"refused: compression ratio {info.file_size / info.compress_size:.0f} above {max_ratio}"))
         else:

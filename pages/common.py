@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,7 +31,30 @@ from diffood.evaluate import (
 from diffood.model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 from diffood.perceptual import get_lpips, lpips_status
 
-# the pages, by file name: title, icon, URL path. Paths are absolute, so any main script finds them
+APP = Path(__file__).parents[1] / "app.py"
+_app = threading.local()  # Streamlit runs each session's script in a thread of its own
+
+
+@contextmanager
+def app_running():
+    """Marks the page that app.py runs through st.navigation."""
+    _app.active = True
+    try:
+        yield
+    finally:
+        _app.active = False
+
+
+def through_app() -> None:
+    """Every page calls this first. With a `pages/` folder beside app.py, Streamlit answers a deep link
+    with the page file alone until app.py has run once in the server; then run app.py instead, which
+    registers st.navigation and shows this same page with the sidebar."""
+    if not getattr(_app, "active", False):
+        runpy.run_path(str(APP), run_name="__main__")
+        st.stop()
+
+
+# the pages, by file name: title, icon, URL path
 PAGES = {
     "home": ("Home", ":material/home:", None),
     "reconstruct": ("Reconstruct", ":material/autorenew:", "reconstruct"),
@@ -40,7 +66,7 @@ PAGES = {
 
 def page(name: str) -> st.Page:
     title, icon, url_path = PAGES[name]
-    return st.Page(Path(__file__).parent / f"{name}.py", title=title, icon=icon, url_path=url_path, default=url_path is None)
+    return st.Page(f"pages/{name}.py", title=title, icon=icon, url_path=url_path, default=url_path is None)
 
 
 DATASET_LABELS = {ID_DATASET: "FashionMNIST (ID)", **{k: k for k in OOD_SETS}}
@@ -205,3 +231,7 @@ def evaluated_tables() -> tuple[EvalConfig, EvalResult]:
     if result is None:
         st.stop()
     return cfg, result
+
+
+if __name__ == "__main__":  # this helper module, opened as a page of its own
+    through_app()

@@ -8,7 +8,9 @@ from diffood.diffusion import sampler_name
 from diffood.evaluate import DEFAULT, MULTI_T
 from diffood.metrics import auroc, rates_at_threshold, threshold_at_tpr
 from diffood.scoring import METRICS
-from pages.common import evaluated_tables
+from pages.common import evaluated_tables, through_app
+
+through_app()
 
 st.title("Score histograms")
 cfg, result = evaluated_tables()

@@ -5,7 +5,9 @@ import json
 import streamlit as st
 
 from diffood.model import count_parameters
-from pages.common import checkpoint, page
+from pages.common import checkpoint, page, through_app
+
+through_app()
 
 st.title("diffood: out-of-distribution detection by diffusion reconstruction")
 

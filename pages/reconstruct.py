@@ -7,7 +7,9 @@ from diffood.data import ID_DATASET, load_images, to_model_input, to_pixels
 from diffood.diffusion import make_scheduler, reconstruct
 from diffood.errors import DiffoodError
 from diffood.scoring import noise_for, reconstruction_errors
-from pages.common import DATASET_LABELS, checkpoint, heat, load_model, lpips_net, strip, to_display
+from pages.common import DATASET_LABELS, checkpoint, heat, load_model, lpips_net, strip, to_display, through_app
+
+through_app()
 
 st.title("Reconstruct")
 st.caption("Each row: original · noised x_t · reconstruction · |error| (black = none, white = 1). "

@@ -7,7 +7,9 @@ import streamlit as st
 from diffood.evaluate import DEFAULT, MULTI_T
 from diffood.metrics import roc_curve
 from diffood.scoring import METRICS
-from pages.common import evaluated_tables
+from pages.common import evaluated_tables, through_app
+
+through_app()
 
 st.title("ROC / AUROC vs t")
 cfg, result = evaluated_tables()
@@ -40,7 +42,8 @@ for m in metrics:
 for name, dash in ((DEFAULT, "solid"), (MULTI_T, "dash")):
     if name in combined.index:
         fig.add_hline(y=float(combined.loc[name, "auroc"]), line_dash=dash, line_color="#f0a43a" if name == DEFAULT else "gray",
-                      annotation_text=f"{name}: {float(combined.loc[name, 'auroc']):.3f}")
+                      annotation_text=f"{name}: {float(combined.loc[name, 'auroc']):.3f}",
+                      annotation_position="top right" if name == DEFAULT else "bottom right")
 fig.add_hline(y=0.5, line_dash="dot", line_color="gray", annotation_text="chance")
 fig.update_layout(title=f"AUROC vs t: FashionMNIST vs {ood}", xaxis_title="t", yaxis_title="AUROC", yaxis_range=[0, 1.02])
 st.plotly_chart(fig, config=png)

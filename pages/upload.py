@@ -16,7 +16,9 @@ from diffood.errors import DiffoodError
 from diffood.inputs import IMAGE_SUFFIXES, Entry, expand
 from diffood.scoring import noise_for
 from diffood.verdict import TARGET_TPR, Reference, judge, judge_entries
-from pages.common import checkpoint, eval_config, evaluation, load_model, lpips_net, to_display
+from pages.common import checkpoint, eval_config, evaluation, load_model, lpips_net, to_display, through_app
+
+through_app()
 
 TYPES = sorted(s.lstrip(".") for s in IMAGE_SUFFIXES) + ["zip"]
 
@@ -81,6 +83,14 @@ else:
 invert_choice = st.radio("Invert", ["auto (light background → invert)", "never", "always"], horizontal=True, key="upload_invert")
 invert = {"never": False, "always": True}.get(invert_choice)
 
+if len(entries) == 1:  # a bad file is reported before anything else runs
+    try:
+        if entries[0].error:
+            raise DiffoodError(entries[0].error)
+        load_user_image(entries[0].data, invert=invert)
+    except DiffoodError as e:
+        st.error(f"{entries[0].name}: {e}")
+        st.stop()
 result = evaluation(eval_config(reference_only=True))
 if result is None:
     st.stop()
@@ -89,13 +99,6 @@ settings = (str(ckpt.path), ckpt.sha256, s["sampler"], int(s["steps"]), int(s["s
 
 if len(entries) == 1:
     entry = entries[0]
-    try:
-        if entry.error:
-            raise DiffoodError(entry.error)
-        load_user_image(entry.data, invert=invert)  # a bad file is reported before anything else runs
-    except DiffoodError as e:
-        st.error(f"{entry.name}: {e}")
-        st.stop()
     shown, recons, verdict = score_one(entry.data, invert, *settings, (reference.detector, reference.threshold), reference)
     text = (f"**{verdict.label[0].upper() + verdict.label[1:]}**: score {verdict.score:+.2f} is "
             f"{'above' if verdict.is_ood else 'at or below'} the threshold {verdict.threshold:+.2f}; "

@@ -1,7 +1,6 @@
 """The dashboard, driven by Streamlit's AppTest against a tiny random checkpoint."""
 
 import io
-import os
 
 import pytest
 from PIL import Image
@@ -14,14 +13,8 @@ PAGES = ["pages/reconstruct.py", "pages/histograms.py", "pages/roc.py", "pages/u
 
 
 @pytest.fixture
-def app(tiny_checkpoint, tmp_path):
-    # AppTest takes a `pages/` folder beside the main script for Streamlit's file-based pages and runs a
-    # switched-to page alone, without app.py; a main script elsewhere that runs app.py sees only
-    # st.navigation, as the real server does (the browser test opens every page by deep link too)
-    main = tmp_path / "main.py"
-    main.write_text(f"import runpy\nrunpy.run_path({str(ROOT / 'app.py')!r}, run_name='__main__')\n")
-    at = AppTest.from_file(str(main), default_timeout=240)
-    at.main_dir = tmp_path
+def app(tiny_checkpoint):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240)
     at.session_state["checkpoint"] = str(tiny_checkpoint)
     at.session_state["steps"] = 2
     at.session_state["eval_n"] = 100
@@ -32,7 +25,11 @@ def app(tiny_checkpoint, tmp_path):
 
 
 def goto(at, page):
-    return at.switch_page(os.path.relpath(ROOT / page, at.main_dir)).run()
+    """AppTest runs a switched-to file in `pages/` alone, as the server answers a deep link before
+    app.py has run once; the page then runs app.py, so the sidebar and navigation are there."""
+    at.switch_page(page).run()
+    assert at.sidebar.header and at.sidebar.header[0].value == "Settings", "the page ran without app.py"
+    return at
 
 
 def _ok(at):

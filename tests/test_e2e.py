@@ -42,8 +42,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def _start(tmp_path_factory):
+    """`streamlit run app.py` on a free loopback port, an empty data folder and its own cache; yields the
+    URL, then stops it and checks its log for tracebacks and warnings."""
     port = _free_port()
     empty = tmp_path_factory.mktemp("no-data")
     env = {**os.environ, "DIFFOOD_DATA_DIR": str(empty), "DIFFOOD_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
@@ -71,6 +72,16 @@ def server(tmp_path_factory):
     print(f"\nserver log:\n{text[-2000:]}")
     assert "Traceback" not in text, "the server logged a traceback"
     assert not re.search(r"warn|deprecat", text, re.IGNORECASE), "the server logged a warning"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from _start(tmp_path_factory)
+
+
+@pytest.fixture
+def fresh_server(tmp_path_factory):
+    yield from _start(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +192,9 @@ def test_every_page_slider_and_uploads_in_a_real_browser(server, browser, shots)
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
         files=[{"name": "batch.zip", "mimeType": "application/zip", "buffer": _zip_bytes()},
                {"name": "single.png", "mimeType": "image/png", "buffer": _png_bytes()}])
-    page.get_by_text("3 images scored").wait_for()
-    page.get_by_text("2 files were not scored").wait_for()
+    page.get_by_text(re.compile(r"\d+ images scored")).wait_for()
+    page.screenshot(path=str(shots / "upload-batch.png"), full_page=True)
+    page.get_by_text(re.compile(r"\d+ files were not scored")).wait_for()
     page.get_by_text("batch.zip/readme.txt").wait_for()
     page.get_by_text("batch.zip/huge.png").wait_for()
     page.get_by_text("Download CSV").wait_for()
@@ -198,6 +210,15 @@ def test_each_shipped_ood_set_opens_without_computing(server, browser):
         page.get_by_text("ID accepted (TPR)").wait_for()
         assert not page.get_by_text("Compute now").count(), name
         page.locator('[data-testid="stPlotlyChart"]').get_by_text(f"{name} (OOD)").wait_for()
+    page.close()
+
+
+def test_a_deep_link_as_the_servers_first_visit_runs_through_app(fresh_server, browser):
+    page = _page(browser, fresh_server, "roc")  # before app.py has run once in this server
+    _settled(page)
+    page.get_by_text("Download CSV").wait_for()
+    page.locator('[data-testid="stSidebar"]').get_by_text("Settings").wait_for()
+    page.get_by_role("link", name="Score histograms").wait_for()  # st.navigation's menu, not the file list
     page.close()
 
 
