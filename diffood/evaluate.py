@@ -283,8 +283,8 @@ def evaluate(
     wanted = (scores["t"].map(need).fillna(0) > scores["draw"]) & (
         scores["role"].eq("id_val") | (scores["role"].eq("id") & cfg.id_test) | scores["dataset"].isin(cfg.ood))
     scores = scores[wanted].reset_index(drop=True)
-    result = EvalResult(scores, pd.DataFrame(columns=SUMMARY_COLUMNS), cfg, plan.found,
-                        [(s[0], s[1], t) for f, (s, t, _) in zip(computed, plan.todo)])
+    done = [(s[0], s[1], t) for s, t, _ in plan.todo] if computed else []
+    result = EvalResult(scores, pd.DataFrame(columns=SUMMARY_COLUMNS), cfg, plan.found, done)
     result.summary = summarize(scores, result.detectors, cfg.sampler, cfg.steps)
     return result
 
