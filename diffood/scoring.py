@@ -44,13 +44,21 @@ class Detector:
         `reference` holds the ID validation rows the z-scores are taken against. A metric that is
         NaN throughout (LPIPS unavailable) is left out of the mean.
         """
+        z = self.zscores(scores, reference, keys)
+        keys = [k for k in (keys or []) if k in scores.columns] + ["index"]
+        parts = [f"z_{m}" for m in self.metrics if z[m].notna().any()] or [f"z_{self.metrics[0]}"]
+        z["score"] = z[parts].mean(axis=1)
+        return z.groupby(keys, sort=False)["score"].mean().reset_index()
+
+    def zscores(self, scores: pd.DataFrame, reference: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
+        """Per image (`keys` + index) and t: each metric averaged over the draws, and its z-score
+        `z_<metric>` against the same average on the reference rows."""
         keys = [k for k in (keys or []) if k in scores.columns] + ["index"]
         avg = self._averaged(scores, keys)
         ref = self._averaged(reference, ["index"]).groupby("t")
-        parts = [m for m in self.metrics if avg[m].notna().any()] or [self.metrics[0]]
-        z = pd.DataFrame({m: (avg[m] - avg["t"].map(ref[m].mean())) / avg["t"].map(ref[m].std()) for m in parts})
-        avg["score"] = z.mean(axis=1)
-        return avg.groupby(keys, sort=False)["score"].mean().reset_index()
+        for m in self.metrics:
+            avg[f"z_{m}"] = (avg[m] - avg["t"].map(ref[m].mean())) / avg["t"].map(ref[m].std())
+        return avg
 
     def _averaged(self, scores: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         rows = scores[scores["t"].isin(self.ts) & (draw_column(scores) < self.draws)]

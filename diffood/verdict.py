@@ -13,11 +13,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .data import load_user_image
 from .diffusion import make_scheduler
+from .errors import DiffoodError
 from .evaluate import DEFAULT, EvalResult
 from .metrics import threshold_at_tpr
 from .model import Checkpoint
-from .scoring import Detector, draw_column, score_images
+from .scoring import Detector, score_images
 
 TARGET_TPR = 0.95
 
@@ -46,15 +48,8 @@ class Reference:
         return 100.0 * float(np.mean(self.val_scores < score))
 
     def per_t(self, scores: pd.DataFrame) -> pd.DataFrame:
-        """Per image and t: each metric averaged over the draws, and its z-score against ID validation."""
-        det = self.detector
-        metrics = ["mse", "lpips"]
-        avg = scores[draw_column(scores) < det.draws].groupby(["index", "t"])[metrics].mean().reset_index()
-        val = self.val[self.val["t"].isin(det.ts) & (draw_column(self.val) < det.draws)]
-        ref = val.groupby(["index", "t"])[metrics].mean().groupby("t")
-        for m in metrics:
-            avg[f"z_{m}"] = (avg[m] - avg["t"].map(ref[m].mean())) / avg["t"].map(ref[m].std())
-        return avg
+        """Per image and t: MSE and LPIPS averaged over the draws, and their z-scores against ID validation."""
+        return Detector(self.ts, self.detector.draws, ("mse", "lpips")).zscores(scores, self.val)
 
 
 @dataclass
@@ -98,9 +93,6 @@ def judge_entries(entries, checkpoint: Checkpoint, reference: Reference, sampler
                   progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Many named images (inputs.Entry) -> one row each (RESULT_COLUMNS). Entries that are not images get
     their reason in `error`; the others are scored `chunk` at a time. `progress(done, total)` per chunk."""
-    from .data import load_user_image
-    from .errors import DiffoodError
-
     rows, good = [], []
     for e in entries:
         error = e.error
