@@ -1,5 +1,6 @@
 """Time the full default evaluation from nothing: 1000 FashionMNIST test + 1000 MNIST test + 500 ID
-validation images, the default t list, the default score's extra noise draws, MSE + LPIPS. No cached
+validation images, the default t list, the default score's extra noise draws and feature term (with the
+checkpoint's bank), MSE + LPIPS. No cached
 or shipped table is read (EvalConfig.recompute); the table is written to a temporary folder.
 
     python benchmarks/sweep.py                               # the defaults (precision auto)
@@ -44,6 +45,7 @@ def main() -> None:
         bar.close()
         images = cfg.n_val + 2 * cfg.n
         calls = images * sum(k * network_calls(cfg.sampler, cfg.steps, t) for t, k in cfg.needed().items())
+        calls += images * cfg.knn_draws if result.bank is not None else 0  # the feature term
         gflop = calls * unet_gflop(ckpt.model, device)
         rows.append({"machine": machine(device), "precision": ckpt.precision, "compile": a.compile, "images": images,
                      "reconstructions": images * sum(cfg.needed().values()), "network_calls": calls,

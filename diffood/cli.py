@@ -1,8 +1,10 @@
-"""`python -m diffood {evaluate,reconstruct,score,sample,train,export}`: the same functions the app calls."""
+"""`python -m diffood {evaluate,select,bank,reconstruct,score,sample,train,export}`: the functions the app calls."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import warnings
@@ -10,9 +12,13 @@ import warnings
 import pandas as pd
 import torch
 
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, SAMPLERS, STEPPED
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, SAMPLERS, STEPPED, default_device
 from .errors import DiffoodError
-from .model import DEFAULT_CHECKPOINT
+from .model import COMPILE_MODES, DEFAULT_CHECKPOINT
+
+
+# torchrun reads an abbreviated option after the module name as its own: --t as its --tee, --n as ambiguous
+TORCHRUN_NOTE = " (under torchrun, spell out the long name)"
 
 
 def _add_train(sub) -> None:
@@ -70,7 +76,7 @@ def _cmd_export(a) -> int:
     return 0
 
 
-def _add_common(p, sampler=True) -> None:
+def _add_common(p, sampler=True, compile=False) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     if sampler:
         p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS))
@@ -79,9 +85,19 @@ def _add_common(p, sampler=True) -> None:
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                    help="the UNet's: auto = bf16 on CUDA and on CPUs with native bf16 (AMX, AVX-512-bf16), else fp32")
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (pays off on long runs only)")
+    if compile:
+        p.add_argument("--compile", default="auto", choices=list(COMPILE_MODES),
+                       help="torch.compile the UNet with inductor freezing for long runs: auto = where it was "
+                            "measured to repay its first call (README, Performance)")
     p.add_argument("--data-dir", help="torchvision data folder (default $DIFFOOD_DATA_DIR, then ~/.cache/diffood/data)")
     p.add_argument("--download", action="store_true", help="allow torchvision to download missing data sets")
+
+
+def _main() -> bool:
+    """Whether this process writes the command's files: always, except on ranks other than 0 under torchrun."""
+    from . import distributed
+
+    return distributed.is_main()
 
 
 def _setup(a) -> None:
@@ -93,38 +109,69 @@ def _load(a):
     from .diffusion import default_device
     from .model import load_checkpoint
 
-    return load_checkpoint(a.checkpoint or DEFAULT_CHECKPOINT, device=a.device or default_device(), precision=a.precision,
-                           compile=a.compile)
+    return load_checkpoint(a.checkpoint or DEFAULT_CHECKPOINT, device=a.device or default_device(), precision=a.precision)
+
+
+def _compiled(a, ckpt, calls: int):
+    """The checkpoint with its UNet compiled when `--compile` says so for a run of `calls` network calls."""
+    from .model import compile_for_inference, resolve_compile
+
+    device = next(ckpt.model.parameters()).device
+    if resolve_compile(getattr(a, "compile", "off"), calls, device):
+        print(f"compiling the UNet for {calls:,} network calls (--compile {a.compile})", file=sys.stderr)
+        ckpt.model = compile_for_inference(ckpt.model, ckpt.precision)
+    return ckpt
+
+
+class _Bar:
+    """A tqdm bar driven by `progress(done, total, what)`, made on the first report so that an error
+    before any work prints alone."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, done, total, what):
+        from tqdm.auto import tqdm
+
+        from . import distributed
+
+        self.bar = self.bar or tqdm(unit="img", dynamic_ncols=True, disable=not distributed.is_main())
+        self.bar.total = total
+        self.bar.set_description(what)
+        self.bar.update(min(done, total) - self.bar.n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _progress_bar():
-    """A tqdm bar and the `progress(done, total, what)` callback that drives it."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(unit="img", dynamic_ncols=True)
-
-    def progress(done, total, what):
-        bar.total = total
-        bar.set_description(what)
-        bar.update(done - bar.n)
-
-    return bar, progress
+    """A progress bar and the `progress(done, total, what)` callback that drives it (the same object)."""
+    bar = _Bar()
+    return bar, bar
 
 
 def _add_evaluate(sub) -> None:
     from .data import OOD_SETS
-    from .evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, EvalConfig
+    from .evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, SCORES, EvalConfig
+    from .features import KS
 
     p = sub.add_parser("evaluate", help="score ID vs OOD sets over t; print AUROC / FPR95, write CSVs")
-    _add_common(p)
+    _add_common(p, compile=True)
     p.add_argument("--ood", nargs="+", default=["mnist"], choices=sorted(OOD_SETS), help="OOD sets")
-    p.add_argument("--t", nargs="+", type=int, default=list(DEFAULT_TS), help="timesteps to score at")
+    p.add_argument("--t", "--timesteps", dest="t", nargs="+", type=int, default=list(DEFAULT_TS),
+                   help=f"timesteps to score at{TORCHRUN_NOTE}")
     p.add_argument("--multi-t", nargs="+", default=list(DEFAULT_MULTI_TS),
                    help="timesteps combined into multi-t, or 'all' for every --t (default: %(default)s)")
-    p.add_argument("--draws", type=int, default=EvalConfig.draws, help="noise draws the default score averages")
-    p.add_argument("--detector-t", nargs="+", type=int, default=list(EvalConfig.detector_ts), help="t of the default score")
+    p.add_argument("--draws", type=int, default=EvalConfig.draws, help="noise draws the reconstruction score averages")
+    p.add_argument("--detector-t", nargs="+", type=int, default=list(EvalConfig.detector_ts), help="t of the reconstruction score")
     p.add_argument("--detector-metrics", nargs="+", default=list(EvalConfig.detector_metrics), choices=["mse", "lpips"])
-    p.add_argument("--n", type=int, default=EvalConfig.n, help="ID test images, and images per OOD set")
+    p.add_argument("--score", default=EvalConfig.score, choices=list(SCORES),
+                   help="the default score: the feature-bank term, the reconstruction score, or both z-averaged")
+    p.add_argument("--knn-k", type=int, default=EvalConfig.knn_k, choices=list(KS), help="the feature term's k")
+    p.add_argument("--knn-draws", type=int, default=EvalConfig.knn_draws, help="noise draws the feature term averages")
+    p.add_argument("--n", "--images", dest="n", type=int, default=EvalConfig.n,
+                   help=f"ID test images, and images per OOD set{TORCHRUN_NOTE}")
     p.add_argument("--n-val", type=int, default=EvalConfig.n_val, help="ID validation images (z-score statistics)")
     p.add_argument("--no-lpips", action="store_true", help="MSE only")
     p.add_argument("--batch-size", type=int, default=EvalConfig.batch_size)
@@ -134,59 +181,116 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(a) -> int:
-    from .evaluate import EvalConfig, evaluate
+    from .evaluate import EvalConfig, evaluate, pending_images
 
     cfg = EvalConfig(checkpoint=a.checkpoint, ood=tuple(a.ood), ts=tuple(a.t), multi_ts=None if a.multi_t == ["all"] else tuple(map(int, a.multi_t)),
                      draws=a.draws, detector_ts=tuple(a.detector_t), detector_metrics=tuple(a.detector_metrics),
+                     score=a.score, knn_k=a.knn_k, knn_draws=a.knn_draws,
                      sampler=a.sampler, steps=a.steps, n=a.n, n_val=a.n_val, seed=a.seed, lpips=not a.no_lpips,
                      recompute=a.recompute, precision=a.precision, batch_size=a.batch_size, data_dir=a.data_dir,
                      cache_dir=a.cache_dir, device=a.device)
+    ckpt = _load(a)
+    ckpt = _compiled(a, ckpt, pending_images(cfg, ckpt) * cfg.steps)
     bar, progress = _progress_bar()
-    result = evaluate(cfg, _load(a), progress)
+    result = evaluate(cfg, ckpt, progress)
     bar.close()
-    result.scores.to_csv(f"{a.out}_scores.csv", index=False)
-    result.summary.to_csv(f"{a.out}_summary.csv", index=False)
+    if _main():
+        result.scores.to_csv(f"{a.out}_scores.csv", index=False)
+        result.summary.to_csv(f"{a.out}_summary.csv", index=False)
     with pd.option_context("display.max_rows", None, "display.width", 120):
         print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     source = "computed" if result.computed else f"read from {result.cache_file}"
+    for note in result.notes:
+        print(f"note: {note}")
     print(f"\nscores {source}; wrote {a.out}_scores.csv and {a.out}_summary.csv")
     return 0
 
 
 def _add_select(sub) -> None:
+    from .features import LAYERS, POOLINGS
     from .select import SelectConfig
 
     d = SelectConfig()
     p = sub.add_parser("select", help="choose the default score on proxy OOD sets (never MNIST); print and write the table")
-    _add_common(p)
+    _add_common(p, compile=True)
     p.set_defaults(steps=d.steps)
     p.add_argument("--proxies", nargs="+", default=list(d.proxies), help="proxy OOD sets (default: %(default)s)")
-    p.add_argument("--t", nargs="+", type=int, default=list(d.ts), help="candidate t; candidates take runs of them")
+    p.add_argument("--t", "--timesteps", dest="t", nargs="+", type=int, default=list(d.ts),
+                   help=f"candidate t; candidates take runs of them{TORCHRUN_NOTE}")
     p.add_argument("--max-draws", type=int, default=d.max_draws)
     p.add_argument("--max-calls", type=int, default=d.max_calls, help="network calls per image, at most")
     p.add_argument("--n-ref", type=int, default=d.n_ref, help="ID validation images for the z-score reference")
     p.add_argument("--n-id", type=int, default=d.n_id, help="further ID validation images: the ID side of each AUROC")
     p.add_argument("--n-proxy", type=int, default=d.n_proxy, help="images per proxy set")
+    p.add_argument("--feature-t", nargs="*", type=int, default=list(d.feature_ts),
+                   help="t_f of the feature candidates (none: reconstruction candidates only)")
+    p.add_argument("--layers", nargs="+", default=list(d.layers), choices=list(LAYERS))
+    p.add_argument("--poolings", nargs="+", default=list(d.poolings), choices=list(POOLINGS))
+    p.add_argument("--bank-sizes", nargs="+", type=int, default=list(d.bank_sizes), help="ID training images per bank")
+    p.add_argument("--max-feature-draws", type=int, default=d.max_feature_draws)
     p.add_argument("--cache-dir", help="where score tables are cached (default ~/.cache/diffood/evals)")
     p.add_argument("--out", default="diffood_select.csv", help="CSV of every candidate")
 
 
 def _cmd_select(a) -> int:
-    from .select import SelectConfig, choose, score_candidates
+    from .evaluate import pending_images
+    from .select import SelectConfig, choose, detector_of, score_candidates
 
     cfg = SelectConfig(checkpoint=a.checkpoint, proxies=tuple(a.proxies), ts=tuple(a.t), max_draws=a.max_draws,
                        sampler=a.sampler, steps=a.steps, max_calls=a.max_calls, n_ref=a.n_ref, n_id=a.n_id,
-                       n_proxy=a.n_proxy, seed=a.seed, precision=a.precision, data_dir=a.data_dir,
-                       cache_dir=a.cache_dir, device=a.device)
+                       n_proxy=a.n_proxy, feature_ts=tuple(a.feature_t), layers=tuple(a.layers),
+                       poolings=tuple(a.poolings), bank_sizes=tuple(a.bank_sizes), max_feature_draws=a.max_feature_draws,
+                       seed=a.seed, precision=a.precision, data_dir=a.data_dir, cache_dir=a.cache_dir, device=a.device)
+    ckpt = _load(a)
+    ckpt = _compiled(a, ckpt, pending_images(cfg.eval_config(), ckpt) * cfg.steps)
     bar, progress = _progress_bar()
-    table = score_candidates(cfg, _load(a), progress)
+    table = score_candidates(cfg, ckpt, progress)
     bar.close()
-    table.to_csv(a.out, index=False)
+    if _main():
+        table.to_csv(a.out, index=False)
     with pd.option_context("display.max_rows", 40, "display.width", 200):
         print(table.head(25).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     best = choose(table, cfg.tolerance)
-    print(f"\n{len(table)} candidates; chosen: t = {best['ts']}, {best['draws']} draws, {best['metrics']}, "
-          f"{best['calls']} calls/image, mean proxy AUROC {best['mean']:.4f} (worst {best['worst']:.4f}); wrote {a.out}")
+    print(f"\n{len(table)} candidates; chosen: {detector_of(best).describe()}; {best['calls']} calls/image, "
+          f"mean proxy AUROC {best['mean']:.4f} (worst {best['worst']:.4f}); wrote {a.out}")
+    return 0
+
+
+def _add_bank(sub) -> None:
+    from .evaluate import DEFAULT_KNN as knn
+    from .features import LAYERS, POOLINGS
+
+    spec = knn.spec
+    p = sub.add_parser("bank", help="embed ID training images with the checkpoint's UNet: the feature bank beside its weights")
+    _add_common(p, sampler=False)
+    p.add_argument("--layer", default=spec.layer, choices=list(LAYERS))
+    p.add_argument("--feature-t", type=int, default=spec.t, help="t the images are noised to before the UNet call")
+    p.add_argument("--pooling", default=spec.pooling, choices=list(POOLINGS))
+    p.add_argument("--n", "--images", dest="n", type=int, default=knn.bank, help=f"training images (0: all){TORCHRUN_NOTE}")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--cache-dir", help="reuse embeddings `select` cached here (default ~/.cache/diffood/evals)")
+    p.add_argument("--out", help="bank file (default: feature_bank.safetensors in the checkpoint folder)")
+
+
+def _cmd_bank(a) -> int:
+    import time
+
+    from .evaluate import default_cache_dir
+    from .features import BANK_DRAW, BANK_NAME, FeatureSpec, build_bank, cached_embeddings
+
+    ckpt = _load(a)
+    spec, n = FeatureSpec(a.layer, a.feature_t, a.pooling), a.n or None
+    start = time.perf_counter()
+    reused = cached_embeddings(a.cache_dir or default_cache_dir(), ckpt, "fashionmnist", "train", n, spec.t, BANK_DRAW, a.seed)
+    bar, progress = _progress_bar()
+    bank = build_bank(ckpt, spec, n, a.seed, a.data_dir, a.batch_size, lambda done, total: progress(done, total, "bank"),
+                      embeddings=None if reused is None else reused[spec.layer, spec.pooling])
+    bar.close()
+    if _main():
+        out = bank.save(a.out or ckpt.path / BANK_NAME)
+        how = "from cached embeddings" if reused is not None else f"{bank.n} network calls"
+        print(f"wrote {out}: {bank.describe()}; {out.stat().st_size / 2**20:.2f} MiB, {time.perf_counter() - start:.1f} s "
+              f"({how})")
     return 0
 
 
@@ -218,7 +322,8 @@ def _cmd_reconstruct(a) -> int:
                                 precision=ckpt.precision)
         columns += [to_pixels(xt), to_pixels(recon), (to_pixels(recon) - to_pixels(x0)).abs()]
     grid = torch.stack(columns, dim=1).flatten(0, 1)  # row-major: one row per image
-    save_image(grid, a.out, nrow=len(columns), padding=2, pad_value=0.5)
+    if _main():
+        save_image(grid, a.out, nrow=len(columns), padding=2, pad_value=0.5)
     print(f"wrote {a.out}: {a.n} {a.dataset} images; columns: original" + "".join(
         f", noised/reconstruction/|error| at t={t}" for t in a.t))
     return 0
@@ -226,7 +331,7 @@ def _cmd_reconstruct(a) -> int:
 
 def _add_score(sub) -> None:
     p = sub.add_parser("score", help="score image files, folders and .zip archives against the ID statistics")
-    _add_common(p)
+    _add_common(p, compile=True)
     p.add_argument("images", nargs="+", help="image files (any format Pillow reads), folders of them, .zip archives")
     p.add_argument("--no-invert", action="store_true", help="never invert light backgrounds")
     p.add_argument("--out", help="write the table (file, score, percentile, verdict, error) to this CSV")
@@ -244,6 +349,7 @@ def _cmd_score(a) -> int:
                                  data_dir=a.data_dir, device=str(device)), ckpt)
     reference = Reference.from_result(result)
     entries = list(collect(a.images))
+    ckpt = _compiled(a, ckpt, len(entries) * reference.detector.calls(a.sampler, a.steps))
     bar, progress = _progress_bar()
     table = judge_entries(entries, ckpt, reference, a.sampler, a.steps, a.seed, get_lpips(str(device)),
                           invert=False if a.no_invert else None, progress=lambda done, total: progress(done, total, "scoring"))
@@ -252,7 +358,7 @@ def _cmd_score(a) -> int:
         print(f"{row.file}: error: {row.error}" if row.error else
               f"{row.file}: {row.verdict}: score {row.score:+.2f} (ID validation percentile {row.percentile:.1f})")
     print(f"threshold {reference.threshold:+.2f} accepts 95% of ID validation images; score: {reference.detector.describe()}")
-    if a.out:
+    if a.out and _main():
         table.to_csv(a.out, index=False)
         print(f"wrote {a.out}")
     return 1 if (table["error"] != "").any() else 0
@@ -276,7 +382,8 @@ def _cmd_sample(a) -> int:
     device = next(ckpt.model.parameters()).device
     x = generate(ckpt.model, a.n, make_scheduler(ckpt.meta.num_train_timesteps), a.steps,
                  torch.Generator().manual_seed(a.seed), ckpt.meta.image_size, device, ckpt.precision)
-    save_image(to_pixels(x), a.out, nrow=int(a.n**0.5 + 0.999), padding=2, pad_value=0.5)
+    if _main():
+        save_image(to_pixels(x), a.out, nrow=int(a.n**0.5 + 0.999), padding=2, pad_value=0.5)
     print(f"wrote {a.out}: {a.n} samples, DDIM {a.steps} steps, seed {a.seed}")
     return 0
 
@@ -284,6 +391,7 @@ def _cmd_sample(a) -> int:
 COMMANDS = {
     "evaluate": (_add_evaluate, _cmd_evaluate),
     "select": (_add_select, _cmd_select),
+    "bank": (_add_bank, _cmd_bank),
     "reconstruct": (_add_reconstruct, _cmd_reconstruct),
     "score": (_add_score, _cmd_score),
     "sample": (_add_sample, _cmd_sample),
@@ -305,11 +413,23 @@ def _warn(message, category, filename, lineno, file=None, line=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import distributed
+
     a = build_parser().parse_args(argv)
     _setup(a)
     warnings.showwarning = _warn  # one line per warning, no source lines
+    if a.command != "train":  # under torchrun: join the group (train does so itself); a GPU per local rank
+        a.device = distributed.device_for_rank(a.device)
+        distributed.init(a.device or default_device())
+    ok = False
     try:
-        return COMMANDS[a.command][1](a)
+        with contextlib.redirect_stdout(io.StringIO()) if not distributed.is_main() else contextlib.nullcontext():
+            rc = COMMANDS[a.command][1](a)  # rank 0 alone prints and writes
+        ok = True
+        return rc
     except (DiffoodError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
+        ok = True  # every rank meets the same bad input
         return 2
+    finally:
+        distributed.close(ok)

@@ -13,6 +13,8 @@ from typing import Callable, Literal
 import torch
 from diffusers import DDPMScheduler, PNDMScheduler
 
+from . import distributed
+
 NUM_TRAIN_TIMESTEPS = 1000
 PLMS_GRID = 100  # PLMS steps over the whole schedule, as Graham et al. use it
 Sampler = Literal["strided", "chain", "ddim", "ddpm", "plms"]
@@ -187,7 +189,8 @@ def reconstruct(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise x0 to t, denoise back with `sampler`; returns (x_t, reconstruction), both like x0.
 
-    Runs on x0's device in batches of `batch_size`; the model must live on the same device.
+    Runs on x0's device in batches of `batch_size`; the model must live on the same device. Under torchrun
+    the batches are shared among the ranks and every rank gets the whole result (distributed.py).
     `precision` ("fp32" or "bf16") is the UNet's; the sampler's arithmetic stays fp32.
     """
     if not 0 <= t <= scheduler.config.num_train_timesteps:
@@ -200,11 +203,20 @@ def reconstruct(
     if t == 0:
         return xt, x0.clone()
     abars = alpha_bars(scheduler).to(x0.device)
-    out = []
-    for xb in xt.split(batch_size):
+    out = [xt[:0]]
+    for xb in distributed.batches(xt, batch_size):  # under torchrun: this rank's share
         with autocast(x0.device, precision):
-            out.append(_denoise(model, xb, t, scheduler, sampler, steps, generator, abars))
-    return xt, torch.cat(out)
+            out.append(_denoise(model, pad_batch(model, xb, batch_size), t, scheduler, sampler, steps, generator,
+                                abars)[:len(xb)])
+    return xt, distributed.cat(torch.cat(out))
+
+
+def pad_batch(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """x padded with zero images to `batch_size` rows for a model compiled for one batch shape (every
+    image is computed alone, so the padding changes no result); x itself otherwise."""
+    if not getattr(model, "static_batch", False) or len(x) >= batch_size:
+        return x
+    return torch.cat([x, x.new_zeros((batch_size - len(x), *x.shape[1:]))])
 
 
 def _denoise(model, x, t, scheduler, sampler, steps, generator, abars) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """The evaluation sweep: model x ID set x OOD sets x t (x noise draws) -> a tidy score table and a summary.
 
-Scores are cached on disk, one gzip CSV per (checkpoint, sampler, steps, n, n_val, seed, LPIPS), holding
-every (set, t, draw) computed so far: asking for another t, draw or OOD set computes only what is
-missing, and one process computes a table while the others wait for it (a file lock per table). The
-shipped checkpoint carries its tables in `<checkpoint>/evals/`, so the app opens without computing.
+Scores are cached on disk, one gzip CSV per (checkpoint, sampler, steps, n, n_val, seed, LPIPS) for the
+reconstruction errors and one per (checkpoint, feature bank, n, n_val, seed) for the feature distances,
+each holding every (set, t, draw) computed so far: asking for another t, draw or OOD set computes only
+what is missing, and one process computes a table while the others wait for it (a file lock per table).
+The shipped checkpoint carries its tables in `<checkpoint>/evals/`, so the app opens without computing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import os
 import warnings
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -24,13 +25,15 @@ import pandas as pd
 import torch
 from filelock import FileLock, Timeout
 
+from . import distributed
 from .data import ID_DATASET, load_images, to_model_input
 from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, STEPPED, default_device, make_scheduler, network_calls
+from .features import KNN_METRICS, FeatureBank, FeatureSpec, checkpoint_bank
 from .files import atomic_path, atomic_write_text, move_aside
 from .metrics import auroc, fpr_at_95_tpr
 from .model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 from .perceptual import get_lpips
-from .scoring import METRICS, Detector, draw_column, score_images
+from .scoring import METRICS, Detector, KnnTerm, draw_column, feature_distances, score_images
 
 SCORES_VERSION = 1  # bump when the meaning of a cached score changes
 # dense where detection happens, sparse below
@@ -38,10 +41,20 @@ DEFAULT_TS = (100, 300, 500, 600, 700, 800, 900)
 # the seed's multi-t combines the upper half: below t = T/2 the error tracks how much ink an image has
 # rather than whether it is in-distribution (MNIST digits, mostly black, then reconstruct *better*)
 DEFAULT_MULTI_TS = tuple(t for t in DEFAULT_TS if t >= 500)
-# the default score, as `python -m diffood select` chose it on proxy OOD sets (README "Choosing the default")
-DEFAULT_DETECTOR = Detector(ts=(700,), draws=4, metrics=("mse",))
-DEFAULT, MULTI_T = "default", "multi-t"  # the names of the two combined scores in tables and pages
-SCORE_COLUMNS = ["dataset", "split", "role", "index", "t", "draw", *METRICS]
+# What `python -m diffood select` chose on proxy OOD sets (README "Choosing the default score"). Among
+# reconstruction errors: MSE at t = 700 over 4 noise draws. Over every candidate, the default score: the
+# feature term alone, the distance to the nearest of all 58,000 training images in max-pooled up_blocks.0
+# features at t = 50, one call per image. Its bank ships with the checkpoint (`python -m diffood bank`).
+RECONSTRUCTION_DETECTOR = Detector(ts=(700,), draws=4, metrics=("mse",))
+DEFAULT_KNN = KnnTerm(FeatureSpec("up_blocks.0", 50, "max"), k=1, draws=1, bank=58_000)
+SCORES = ("features", "reconstruction", "both")  # what the default score is made of; "both": the z-mean of the two
+DEFAULT_SCORE = "features"
+DEFAULT_DETECTOR = Detector(knn=DEFAULT_KNN)
+# the combined scores by name, in tables and pages
+DEFAULT, RECONSTRUCTION, FEATURES, COMBINED, MULTI_T = "default", "reconstruction", "features", "both", "multi-t"
+KEY_COLUMNS = ["dataset", "split", "role", "index", "t", "draw"]
+SCORE_COLUMNS = [*KEY_COLUMNS, *METRICS]
+FEATURE_COLUMNS = [*KEY_COLUMNS, *KNN_METRICS]
 SUMMARY_COLUMNS = ["ood", "metric", "t", "auroc", "fpr95", "n_id", "n_ood", "calls"]
 ROLES = {"id_val": (ID_DATASET, "val"), "id": (ID_DATASET, "test")}
 
@@ -62,9 +75,12 @@ class EvalConfig:
     ood: tuple[str, ...] = ("mnist",)
     ts: tuple[int, ...] = DEFAULT_TS  # scored with one noise draw each: the per-t curves
     multi_ts: tuple[int, ...] | None = DEFAULT_MULTI_TS  # the t the seed's multi-t combines; None: all of `ts`
-    draws: int = DEFAULT_DETECTOR.draws  # noise draws averaged by the default score
-    detector_ts: tuple[int, ...] = DEFAULT_DETECTOR.ts
-    detector_metrics: tuple[str, ...] = DEFAULT_DETECTOR.metrics
+    score: str = DEFAULT_SCORE  # the default score: one of SCORES
+    draws: int = RECONSTRUCTION_DETECTOR.draws  # noise draws the reconstruction score averages
+    detector_ts: tuple[int, ...] = RECONSTRUCTION_DETECTOR.ts  # the reconstruction score's t
+    detector_metrics: tuple[str, ...] = RECONSTRUCTION_DETECTOR.metrics
+    knn_k: int = DEFAULT_KNN.k  # the feature term's k and noise draws; the rest of it comes from the bank
+    knn_draws: int = DEFAULT_KNN.draws
     sampler: str = DEFAULT_SAMPLER
     steps: int = DEFAULT_STEPS
     n: int = 1000  # ID test images, and images per OOD set
@@ -79,9 +95,29 @@ class EvalConfig:
     cache_dir: str | None = None
     device: str | None = None
 
-    @property
-    def detector(self) -> Detector:
-        return Detector(tuple(self.detector_ts), self.draws, tuple(self.detector_metrics))
+    def detectors(self, bank: FeatureBank | None) -> dict[str, Detector]:
+        """The default score first, then the reconstruction score, the feature term alone and the two
+        combined, each once. The feature term needs the checkpoint's bank: without one the default is the
+        reconstruction score (EvalResult.notes says so)."""
+        if self.score not in SCORES:
+            raise ValueError(f"unknown score {self.score!r}; choose one of {list(SCORES)}")
+        recon = Detector(tuple(self.detector_ts), self.draws, tuple(self.detector_metrics))
+        named = {RECONSTRUCTION: recon}
+        if bank is not None and self.score != "reconstruction":
+            knn = KnnTerm(bank.spec, self.knn_k, self.knn_draws, bank.n)
+            named |= {FEATURES: Detector(knn=knn), COMBINED: replace(recon, knn=knn)}
+        default = named.get({"features": FEATURES, "both": COMBINED}.get(self.score, RECONSTRUCTION), recon)
+        return {DEFAULT: default, **{name: d for name, d in named.items() if d != default}}
+
+    def detector(self, bank: FeatureBank | None) -> Detector:
+        """The default score."""
+        return self.detectors(bank)[DEFAULT]
+
+    def feature_key(self, checkpoint_sha: str, bank: FeatureBank) -> str:
+        """Settings that change a feature distance: the bank (its settings and weights), the images, the seed."""
+        settings = {"checkpoint": checkpoint_sha, "bank": bank.fingerprint(), "n": self.n, "n_val": self.n_val,
+                    "seed": self.seed, "version": SCORES_VERSION, "kind": "features"}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
     def cache_key(self, checkpoint_sha: str, lpips_available: bool) -> str:
         """Settings that change a score. Not the draws, t or sets (the table holds each one computed), and
@@ -92,7 +128,7 @@ class EvalConfig:
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
     def needed(self) -> dict[int, int]:
-        """Draws needed per t: one at each sweep t, `draws` at each t of the default score."""
+        """Draws needed per t: one at each sweep t, `draws` at each t of the reconstruction score."""
         need = {t: 1 for t in self.ts}
         for t in self.detector_ts:
             need[t] = max(need.get(t, 0), self.draws)
@@ -109,11 +145,13 @@ def combined_ts(multi_ts, available) -> tuple[int, ...]:
 
 @dataclass
 class EvalResult:
-    scores: pd.DataFrame  # one row per image x t x draw, SCORE_COLUMNS
+    scores: pd.DataFrame  # one row per image x t x draw: SCORE_COLUMNS, plus KNN_METRICS with a feature bank
     summary: pd.DataFrame  # SUMMARY_COLUMNS; t is NaN on the rows of combined scores
     config: EvalConfig
     cache_file: Path | None = None
     computed: list[tuple[str, str, int]] = field(default_factory=list)  # (role, set, t) computed, not read
+    bank: FeatureBank | None = None  # the checkpoint's feature bank, when it has one
+    notes: list[str] = field(default_factory=list)  # what a reader should know, e.g. a score left without features
 
     @property
     def reference(self) -> pd.DataFrame:
@@ -123,12 +161,12 @@ class EvalResult:
     @property
     def multi_ts(self) -> tuple[int, ...]:
         """The t the seed's multi-t combines."""
-        return combined_ts(self.config.multi_ts, self.scores["t"])
+        return combined_ts(self.config.multi_ts, self.scores["t"][self.scores["mse"].notna()])
 
     @property
     def detectors(self) -> dict[str, Detector]:
-        """The combined scores: the default and the seed's multi-t (z-mean of MSE and LPIPS, one draw)."""
-        return {DEFAULT: self.config.detector, MULTI_T: Detector(self.multi_ts, 1, ("mse", "lpips"))}
+        """The combined scores (EvalConfig.detectors) and the seed's multi-t (z-mean of MSE and LPIPS, one draw)."""
+        return {**self.config.detectors(self.bank), MULTI_T: Detector(self.multi_ts, 1, ("mse", "lpips"))}
 
     def detector_scores(self, name: str, keys=("role", "dataset")) -> pd.DataFrame:
         return self.detectors[name].scores(self.scores, self.reference, list(keys))
@@ -136,12 +174,14 @@ class EvalResult:
 
 def summarize(scores: pd.DataFrame, detectors: dict[str, Detector], sampler: str = DEFAULT_SAMPLER,
               steps: int = DEFAULT_STEPS) -> pd.DataFrame:
-    """AUROC and FPR95 of ID test vs each OOD set: per metric and t (draw 0), and per combined score."""
+    """AUROC and FPR95 of ID test vs each OOD set: per reconstruction metric and t (draw 0), and per
+    combined score."""
     reference = scores[scores["role"] == "id_val"]
-    single = scores[draw_column(scores) == 0]
+    single = scores[(draw_column(scores) == 0) & scores["mse"].notna()]
     id_rows = single[single["role"] == "id"]
     rows = []
-    for ood, ood_rows in single[single["role"] == "ood"].groupby("dataset", sort=False):
+    for ood in scores.loc[scores["role"] == "ood", "dataset"].unique():
+        ood_rows = single[(single["role"] == "ood") & (single["dataset"] == ood)]
         for t in sorted(set(ood_rows["t"]) & set(id_rows["t"])):
             a, b = id_rows[id_rows["t"] == t], ood_rows[ood_rows["t"] == t]
             for m in METRICS:
@@ -161,25 +201,24 @@ def summarize(scores: pd.DataFrame, detectors: dict[str, Detector], sampler: str
 
 
 @lru_cache(maxsize=16)
-def _read_csv(path: str, mtime_ns: int) -> pd.DataFrame:
+def _read_csv(path: str, mtime_ns: int, columns: tuple[str, ...]) -> pd.DataFrame:
     df = pd.read_csv(path)
-    missing = set(SCORE_COLUMNS) - {"draw"} - set(df.columns)
+    missing = set(columns) - {"draw"} - set(df.columns)
     if missing:
         raise ValueError(f"columns {sorted(missing)} missing")
     if "draw" not in df.columns:  # tables from before noise draws: one draw each
-        df.insert(SCORE_COLUMNS.index("draw"), "draw", 0)
-    df = df[SCORE_COLUMNS].astype({"index": int, "t": int, "draw": int})
-    return df
+        df.insert(columns.index("draw"), "draw", 0)
+    return df[list(columns)].astype({"index": int, "t": int, "draw": int})
 
 
-def _read_cached(paths: list[Path]) -> tuple[pd.DataFrame, Path | None]:
+def _read_cached(paths: list[Path], columns: list[str]) -> tuple[pd.DataFrame, Path | None]:
     """The first readable table, read once per version of the file (the app asks on every rerun). An
     unreadable one is moved aside, with a warning, so that it is computed afresh."""
     for p in paths:
         if not p.is_file():
             continue
         try:
-            return _read_csv(str(p), p.stat().st_mtime_ns).copy(), p
+            return _read_csv(str(p), p.stat().st_mtime_ns, tuple(columns)).copy(), p
         except (OSError, EOFError, ValueError, KeyError, zlib.error, gzip.BadGzipFile, pd.errors.ParserError,
                 UnicodeDecodeError) as e:
             try:
@@ -188,12 +227,24 @@ def _read_cached(paths: list[Path]) -> tuple[pd.DataFrame, Path | None]:
                 where = "left in place"
             warnings.warn(f"unreadable score table {p} ({type(e).__name__}: {str(e)[:200]}); {where}, recomputing",
                           CacheWarning, stacklevel=3)
-    return pd.DataFrame(columns=SCORE_COLUMNS), None
+    return pd.DataFrame(columns=columns), None
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g", compression="gzip")
+
+
+@dataclass
+class _Table:
+    """One cached table: what it is called, holds and needs, and how a missing part is computed."""
+
+    name: str  # "reconstruction" or "features"
+    key: str
+    columns: list[str]
+    need: dict[int, int]  # draws per t
+    score: Callable[[torch.Tensor, int, list[int], Callable[[int], None]], pd.DataFrame]  # (images, t, draws, step)
+    sidecar: dict  # the settings written beside the table
 
 
 @dataclass
@@ -208,32 +259,57 @@ class _Plan:
         return sum(s[3] * len(draws) for s, _, draws in self.todo)
 
 
-def _plan(cfg: EvalConfig, checkpoint: Checkpoint, lpips_available: bool) -> _Plan:
-    key = cfg.cache_key(checkpoint.sha256, lpips_available)
-    write_path = Path(cfg.cache_dir or default_cache_dir()) / f"{key}.csv.gz"
+def _tables(cfg: EvalConfig, checkpoint: Checkpoint, lpips_net, bank: FeatureBank | None) -> list[_Table]:
+    """The reconstruction table, and the feature table when the default score has a feature term."""
+    model, scheduler = checkpoint.model, make_scheduler(checkpoint.meta.num_train_timesteps)
+    settings = {k: v for k, v in asdict(cfg).items()
+                if k not in ("checkpoint", "data_dir", "cache_dir", "device", "recompute", "id_test")}
+    tables = [_Table(
+        "reconstruction", cfg.cache_key(checkpoint.sha256, lpips_net is not None), SCORE_COLUMNS, cfg.needed(),
+        lambda x, t, draws, step: score_images(model, x, [t], scheduler, cfg.sampler, cfg.steps, cfg.seed, lpips_net,
+                                               cfg.batch_size, step, draws, checkpoint.precision),
+        {"checkpoint_sha256": checkpoint.sha256, **settings, "precision": checkpoint.precision})]
+    knn = next((d.knn for d in cfg.detectors(bank).values() if d.knn), None)
+    if knn is not None:
+        tables.append(_Table(
+            "features", cfg.feature_key(checkpoint.sha256, bank), FEATURE_COLUMNS, {knn.spec.t: knn.draws},
+            lambda x, t, draws, step: feature_distances(model, x, bank, draws, cfg.seed, checkpoint.precision,
+                                                        cfg.batch_size, progress=step),
+            {"checkpoint_sha256": checkpoint.sha256, "bank": bank.metadata(), "n": cfg.n, "n_val": cfg.n_val,
+             "seed": cfg.seed, "knn_draws": knn.draws, "precision": checkpoint.precision}))
+    return tables
+
+
+def _plan(cfg: EvalConfig, checkpoint: Checkpoint, table: _Table) -> _Plan:
+    write_path = Path(cfg.cache_dir or default_cache_dir()) / f"{table.key}.csv.gz"
     if cfg.recompute:
-        cached, found = pd.DataFrame(columns=SCORE_COLUMNS), None
+        cached, found = pd.DataFrame(columns=table.columns), None
     else:
-        cached, found = _read_cached([write_path, checkpoint.path / "evals" / f"{key}.csv.gz"])
+        cached, found = _read_cached([write_path, checkpoint.path / "evals" / f"{table.key}.csv.gz"], table.columns)
     sets = [("id_val", *ROLES["id_val"], cfg.n_val)]  # ID test images only matter against an OOD set
     sets += [("id", *ROLES["id"], cfg.n)] if cfg.ood and cfg.id_test else []
     sets += [("ood", name, "test", cfg.n) for name in cfg.ood]
     have = set(zip(cached["role"], cached["dataset"], cached["t"], cached["draw"]))
     todo = []
     for s in sets:
-        for t, k in cfg.needed().items():
+        for t, k in table.need.items():
             missing = [d for d in range(k) if (s[0], s[1], t, d) not in have]
             if missing:
                 todo.append((s, t, missing))
     return _Plan(cached, found, write_path, todo)
 
 
+def _bank(cfg: EvalConfig, checkpoint: Checkpoint) -> FeatureBank | None:
+    return checkpoint_bank(checkpoint) if cfg.score != "reconstruction" else None
+
+
 def table_status(cfg: EvalConfig, checkpoint: Checkpoint) -> tuple[int, str]:
-    """(How many image reconstructions `evaluate(cfg)` still has to run (0: it only reads the cache),
-    which version of which table it would read): the second changes whenever the table does."""
-    plan = _plan(cfg, checkpoint, cfg.lpips and get_lpips("cpu") is not None)
-    version = f"{plan.found}@{plan.found.stat().st_mtime_ns}" if plan.found else ""
-    return plan.images, version
+    """(How many images `evaluate(cfg)` still has to run through the UNet (0: it only reads the cache),
+    which version of which tables it would read): the second changes whenever a table does."""
+    lpips_net = get_lpips("cpu") if cfg.lpips else None
+    plans = [_plan(cfg, checkpoint, table) for table in _tables(cfg, checkpoint, lpips_net, _bank(cfg, checkpoint))]
+    version = ";".join(f"{p.found}@{p.found.stat().st_mtime_ns}" for p in plans if p.found)
+    return sum(p.images for p in plans), version
 
 
 def pending_images(cfg: EvalConfig, checkpoint: Checkpoint) -> int:
@@ -250,48 +326,64 @@ def evaluate(
     device = torch.device(cfg.device) if cfg.device else default_device()
     if checkpoint is None:
         checkpoint = load_checkpoint(cfg.checkpoint or DEFAULT_CHECKPOINT, device=device, precision=cfg.precision)
-    model = checkpoint.model
-    device = next(model.parameters()).device
+    device = next(checkpoint.model.parameters()).device
     lpips_net = get_lpips(str(device)) if cfg.lpips else None
-    plan = _plan(cfg, checkpoint, lpips_net is not None)
-    computed, scores = [], plan.cached
-    if plan.todo:
+    bank = _bank(cfg, checkpoint)
+    notes = [] if bank is not None or cfg.score == "reconstruction" else [
+        f"{checkpoint.path} has no feature bank, so the default score is the reconstruction score; "
+        f"build one with `python -m diffood bank --checkpoint {checkpoint.path}`"]
+    frames, computed, found = [], [], None
+    for table in _tables(cfg, checkpoint, lpips_net, bank):
+        scores, plan, done = _fill(cfg, checkpoint, table, progress)
+        computed += done
+        found = found or plan.found
+        wanted = (scores["t"].map(table.need).fillna(0) > scores["draw"]) & (
+            scores["role"].eq("id_val") | (scores["role"].eq("id") & cfg.id_test) | scores["dataset"].isin(cfg.ood))
+        frames.append(scores[wanted])
+    scores = frames[0]
+    for other in frames[1:]:
+        scores = scores.merge(other, on=KEY_COLUMNS, how="outer", sort=False)
+    scores = scores.astype({"index": int, "t": int, "draw": int}).reset_index(drop=True)
+    result = EvalResult(scores, pd.DataFrame(columns=SUMMARY_COLUMNS), cfg, found, computed, bank, notes)
+    result.summary = summarize(scores, result.detectors, cfg.sampler, cfg.steps)
+    return result
+
+
+def _fill(cfg: EvalConfig, checkpoint: Checkpoint, table: _Table, progress) -> tuple[pd.DataFrame, _Plan, list]:
+    """The table with every missing part computed and written, under its file lock. Under torchrun, rank 0
+    holds the lock, decides what is missing and writes; every rank computes its share."""
+    plan = _plan(cfg, checkpoint, table)
+    plan.cached, plan.todo, plan.found = distributed.broadcast((plan.cached, plan.todo, plan.found))  # rank 0's view
+    if not plan.todo:
+        return plan.cached, plan, []
+    lock = FileLock(str(plan.write_path) + ".lock") if distributed.is_main() else None
+    if lock is not None:
         plan.write_path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(plan.write_path) + ".lock")
         try:
             lock.acquire(timeout=0)
         except Timeout:
             if progress:
                 progress(0, plan.images, "waiting for another process computing this table")
             lock.acquire()
-        try:
-            plan = _plan(cfg, checkpoint, lpips_net is not None)  # another process may have computed it meanwhile
-            scores = plan.cached
-            if plan.todo:
-                computed = _compute(cfg, checkpoint, plan, lpips_net, progress)
-                scores = pd.concat([f for f in [plan.cached, *computed] if len(f)], ignore_index=True)[SCORE_COLUMNS]
-                _write_table(scores, plan.write_path)
-                settings = {k: v for k, v in asdict(cfg).items()
-                            if k not in ("checkpoint", "data_dir", "cache_dir", "device", "recompute", "id_test")}
-                atomic_write_text(plan.write_path.with_suffix("").with_suffix(".json"),
-                                  json.dumps({"checkpoint_sha256": checkpoint.sha256, **settings,
-                                              "precision": checkpoint.precision}, indent=2))
-                plan.found = plan.write_path
-        finally:
+    try:
+        plan = _plan(cfg, checkpoint, table)  # another process may have computed it meanwhile
+        plan.cached, plan.todo = distributed.broadcast((plan.cached, plan.todo))  # rank 0's view
+        if not plan.todo:
+            return plan.cached, plan, []
+        computed = _compute(cfg, checkpoint, plan, table, progress)
+        scores = pd.concat([f for f in [plan.cached, *computed] if len(f)], ignore_index=True)[table.columns]
+        if lock is not None:
+            _write_table(scores, plan.write_path)
+            atomic_write_text(plan.write_path.with_suffix("").with_suffix(".json"), json.dumps(table.sidecar, indent=2))
+        plan.found = plan.write_path
+        return scores, plan, [(s[0], s[1], t) for s, t, _ in plan.todo]
+    finally:
+        if lock is not None:
             lock.release()
-    need = cfg.needed()
-    wanted = (scores["t"].map(need).fillna(0) > scores["draw"]) & (
-        scores["role"].eq("id_val") | (scores["role"].eq("id") & cfg.id_test) | scores["dataset"].isin(cfg.ood))
-    scores = scores[wanted].reset_index(drop=True)
-    done = [(s[0], s[1], t) for s, t, _ in plan.todo] if computed else []
-    result = EvalResult(scores, pd.DataFrame(columns=SUMMARY_COLUMNS), cfg, plan.found, done)
-    result.summary = summarize(scores, result.detectors, cfg.sampler, cfg.steps)
-    return result
 
 
-def _compute(cfg, checkpoint: Checkpoint, plan: _Plan, lpips_net, progress) -> list[pd.DataFrame]:
+def _compute(cfg, checkpoint: Checkpoint, plan: _Plan, table: _Table, progress) -> list[pd.DataFrame]:
     done, total, frames = 0, plan.images, []
-    scheduler = make_scheduler(checkpoint.meta.num_train_timesteps)
     device = next(checkpoint.model.parameters()).device
     images = {}
     for (role, name, split, n), t, draws in plan.todo:
@@ -302,9 +394,8 @@ def _compute(cfg, checkpoint: Checkpoint, plan: _Plan, lpips_net, progress) -> l
             nonlocal done
             done += k
             if progress:
-                progress(done, total, _name)
+                progress(done, total, f"{table.name}: {_name}")
 
-        df = score_images(checkpoint.model, images[name, split, n], [t], scheduler, cfg.sampler, cfg.steps, cfg.seed,
-                          lpips_net, cfg.batch_size, step, draws, checkpoint.precision)
+        df = table.score(images[name, split, n], t, draws, step)
         frames.append(df.assign(dataset=name, split=split, role=role))
     return frames

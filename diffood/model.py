@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,10 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
 META_NAME = "diffood.json"
 FORMAT_VERSION = 1
+# `--compile auto`: where compiling was measured to repay its first call, and from how many network calls.
+# AMX Xeon, bf16: 495 -> 752 calls/s after a 31 s first call, even at about 45,000 calls. Zen 4 (AVX-512-bf16,
+# no AMX): 405 -> 439 calls/s after 23-48 s, even only past 120,000-250,000 calls: left eager (README, Performance)
+COMPILE_PAYS_FROM_CALLS = 50_000
 DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "model"  # the shipped, trained model
 
 
@@ -111,8 +116,8 @@ def _sha256(path: Path) -> str:
 def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", precision: str = "auto",
                     compile: bool = False) -> Checkpoint:
     """Load a checkpoint folder, raising CheckpointError with the reason for anything amiss.
-    `precision` ("auto", "fp32", "bf16") is resolved here for `device`, once. `compile` wraps the UNet in
-    torch.compile: faster per call, but each new batch shape costs a compilation (README, Performance)."""
+    `precision` ("auto", "fp32", "bf16") is resolved here for `device`, once. `compile`: see
+    `compile_for_inference` (a first call of a minute; README, Performance)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}")
@@ -157,5 +162,36 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", prec
     if torch.device(device).type == "cpu" and precision == "fp32":  # bf16 on CPU ran faster without it
         model.to(memory_format=torch.channels_last)
     if compile:
-        model = torch.compile(model)
+        model = compile_for_inference(model, precision)
     return Checkpoint(model=model, meta=meta, path=folder, sha256=_sha256(folder / WEIGHTS_NAME), precision=precision)
+
+
+COMPILE_MODES = ("auto", "on", "off")
+
+
+def compile_for_inference(model: UNet2DModel, precision: str) -> torch.nn.Module:
+    """torch.compile for scoring: inductor freezing (weights folded in as constants, oneDNN prepacking),
+    bf16 weights under bf16, and one static batch shape (the samplers pad the last batch), so a run
+    compiles once. Compiled graphs are kept in inductor's on-disk cache, $TORCHINDUCTOR_CACHE_DIR, by
+    default ~/.cache/diffood/inductor, so a later run with the same shapes compiles from it."""
+    import torch._inductor.config as inductor
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(os.environ.get(
+        "XDG_CACHE_HOME", Path.home() / ".cache")) / "diffood" / "inductor"))
+    inductor.freezing = True
+    if precision == "bf16":
+        model = model.to(torch.bfloat16)
+    compiled = torch.compile(model, dynamic=False)
+    compiled.static_batch = True  # read by diffusion.pad_batch
+    return compiled
+
+
+def resolve_compile(mode: str, calls: int, device: torch.device | str) -> bool:
+    """Whether to compile for a run of `calls` network calls: `auto` compiles on CPU only when the run is
+    long enough for the measured gain per call to repay the first call (README, Performance)."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; choose one of {list(COMPILE_MODES)}")
+    if mode != "auto":
+        return mode == "on"
+    amx = torch.device(device).type == "cpu" and torch.cpu._is_amx_tile_supported()
+    return amx and calls >= COMPILE_PAYS_FROM_CALLS

@@ -1,32 +1,44 @@
 """The selection protocol: choose the default score on ID validation images against proxy OOD sets made
 from FashionMNIST and noise alone. MNIST never enters it; it is reported afterwards, never used to pick.
 
-Candidates: every run of consecutive t in CANDIDATE_TS, 1..max_draws noise draws, and MSE, LPIPS or
-both, within `max_calls` network calls per image. The ID validation images split in two: the first
-half is the z-score reference (as in the app), the second is the ID side of each AUROC.
+Candidates, each within `max_calls` network calls per image:
+- reconstruction: every run of consecutive t in `ts`, 1..max_draws noise draws, MSE, LPIPS or both;
+- features: the k-th nearest distance to a bank of ID training images, for every layer, pooling, t_f
+  in `feature_ts`, k, bank size and 1..max_feature_draws draws (one call each, distances averaged);
+- combined: the mean of the z-scores of one of the `combine_features` best feature candidates and one of
+  the `combine_recon` best reconstruction candidates.
+The ID validation images split in two: the first part is the z-score reference (as in the app), the
+second is the ID side of each AUROC. Training images enter only the banks.
 
 The rule, fixed before any MNIST number was looked at: the highest mean AUROC over the proxy sets;
-among candidates within `tolerance` of it, the one with the fewest network calls, then the higher
-worst-proxy AUROC.
+among candidates within `tolerance` of it, the one with the fewest network calls, then the smaller
+bank, then the higher worst-proxy AUROC.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import product
 from typing import Callable
 
+import numpy as np
 import pandas as pd
+import torch
 
+from .data import ID_DATASET
 from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS
-from .evaluate import EvalConfig, evaluate
+from .evaluate import EvalConfig, default_cache_dir, evaluate
+from .features import BANK_DRAW, KS, LAYERS, POOLINGS, FeatureSpec, embed_set, knn_distances
 from .metrics import auroc
 from .model import Checkpoint
-from .scoring import Detector
+from .scoring import Detector, KnnTerm
 
 PROXIES = ("fashionmnist-vflip", "fashionmnist-hflip", "fashionmnist-invert", "fashionmnist-shuffle",
            "gaussian-noise", "uniform")
 CANDIDATE_TS = (500, 600, 700, 800, 900)
 METRIC_SETS = (("mse",), ("lpips",), ("mse", "lpips"))
+FEATURE_TS = (1, 10, 25, 50, 100, 200, 300)
+TRAIN_SIZE = 58_000  # FashionMNIST training images outside the validation split
 
 
 @dataclass
@@ -37,11 +49,19 @@ class SelectConfig:
     max_draws: int = 4
     sampler: str = DEFAULT_SAMPLER
     steps: int = DEFAULT_STEPS
-    max_calls: int = 50
+    max_calls: int = 25
     n_ref: int = 300  # ID validation images: z-score reference
     n_id: int = 300  # ID validation images: the ID side of each AUROC
     n_proxy: int = 300  # images per proxy set
     tolerance: float = 0.002
+    feature_ts: tuple[int, ...] = FEATURE_TS  # empty: reconstruction candidates only
+    layers: tuple[str, ...] = LAYERS
+    poolings: tuple[str, ...] = POOLINGS
+    ks: tuple[int, ...] = KS
+    bank_sizes: tuple[int, ...] = (10_000,)
+    max_feature_draws: int = 4
+    combine_features: int = 20
+    combine_recon: int = 10
     seed: int = 0
     precision: str = "auto"
     data_dir: str | None = None
@@ -51,7 +71,7 @@ class SelectConfig:
     def eval_config(self) -> EvalConfig:
         return EvalConfig(checkpoint=self.checkpoint, ood=tuple(self.proxies), ts=tuple(self.ts), multi_ts=None,
                           draws=self.max_draws, detector_ts=tuple(self.ts), sampler=self.sampler, steps=self.steps,
-                          n=self.n_proxy, n_val=self.n_ref + self.n_id, seed=self.seed, id_test=False,
+                          n=self.n_proxy, n_val=self.n_ref + self.n_id, seed=self.seed, id_test=False, score="reconstruction",
                           precision=self.precision, data_dir=self.data_dir, cache_dir=self.cache_dir, device=self.device)
 
 
@@ -67,33 +87,102 @@ def candidates(cfg: SelectConfig) -> list[Detector]:
     return out
 
 
-def score_candidates(cfg: SelectConfig, checkpoint: Checkpoint | None = None,
-                     progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
-    """One row per candidate: its settings, network calls per image, AUROC per proxy, mean and worst."""
+def _row(settings: dict, z: dict[str, np.ndarray], proxies) -> dict:
+    row = {**settings, **{p: auroc(z["id"], z[p]) for p in proxies}}
+    row["mean"] = float(np.mean([row[p] for p in proxies]))
+    row["worst"] = min(row[p] for p in proxies)
+    return row
+
+
+def _recon_candidates(cfg: SelectConfig, checkpoint, progress) -> list[tuple[dict, dict]]:
+    """(settings, z-scores per set) of every reconstruction candidate."""
     result = evaluate(cfg.eval_config(), checkpoint, progress)
     val = result.reference
     reference, id_side = val[val["index"] < cfg.n_ref], val[val["index"] >= cfg.n_ref]
-    rows = []
+    ood = result.scores[result.scores["role"] == "ood"]
+    out = []
     for det in candidates(cfg):
         if det.metrics != ("mse",) and val["lpips"].isna().all():
             continue
-        id_scores = det.scores(id_side, reference)["score"]
-        row = {"ts": " ".join(map(str, det.ts)), "draws": det.draws, "metrics": ",".join(det.metrics),
-               "calls": det.calls(cfg.sampler, cfg.steps)}
-        for proxy in cfg.proxies:
-            ood = result.scores[(result.scores["role"] == "ood") & (result.scores["dataset"] == proxy)]
-            row[proxy] = auroc(id_scores, det.scores(ood, reference)["score"])
-        row["mean"] = sum(row[p] for p in cfg.proxies) / len(cfg.proxies)
-        row["worst"] = min(row[p] for p in cfg.proxies)
-        rows.append(row)
-    return pd.DataFrame(rows).sort_values("mean", ascending=False, ignore_index=True)
+        z = {"id": det.scores(id_side, reference)["score"].to_numpy()}
+        z.update({p: det.scores(ood[ood["dataset"] == p], reference)["score"].to_numpy() for p in cfg.proxies})
+        out.append(({"kind": "reconstruction", "ts": " ".join(map(str, det.ts)), "draws": det.draws,
+                     "metrics": ",".join(det.metrics), "calls": det.calls(cfg.sampler, cfg.steps), "bank": 0}, z))
+    return out
+
+
+def _feature_candidates(cfg: SelectConfig, checkpoint, progress) -> list[tuple[dict, dict]]:
+    """(settings, z-scores per set) of every feature candidate. Embeddings are cached on disk."""
+    cache = cfg.cache_dir or default_cache_dir()
+    sets = {"val": (ID_DATASET, "val", cfg.n_ref + cfg.n_id), **{p: (p, "test", cfg.n_proxy) for p in cfg.proxies}}
+    n_bank = max(cfg.bank_sizes)
+    total = len(cfg.feature_ts) * (n_bank + cfg.max_feature_draws * sum(n for *_, n in sets.values()))
+    done = 0
+
+    def step(k: int) -> None:
+        nonlocal done
+        done += k
+        if progress:
+            progress(done, total, "embedding")
+
+    out = []
+    for t in cfg.feature_ts:
+        bank = embed_set(checkpoint, ID_DATASET, "train", n_bank, t, BANK_DRAW, cfg.seed, cfg.data_dir, cache, progress=step)
+        queries = {s: [embed_set(checkpoint, name, split, n, t, d, cfg.seed, cfg.data_dir, cache, progress=step)
+                       for d in range(cfg.max_feature_draws)] for s, (name, split, n) in sets.items()}
+        for layer, pooling in product(cfg.layers, cfg.poolings):
+            # distance per set, draw, bank size and k: (n,) each
+            dist = {(s, d, b): knn_distances(queries[s][d][layer, pooling], bank[layer, pooling][:b], cfg.ks)
+                    for s in sets for d in range(cfg.max_feature_draws) for b in cfg.bank_sizes}
+            for b, k, draws in product(cfg.bank_sizes, cfg.ks, range(1, cfg.max_feature_draws + 1)):
+                avg = {s: torch.stack([dist[s, d, b][k] for d in range(draws)]).mean(0).numpy() for s in sets}
+                ref, ref_id = avg["val"][:cfg.n_ref], avg["val"][cfg.n_ref:]
+                mu, sd = ref.mean(), ref.std(ddof=1)
+                z = {"id": (ref_id - mu) / sd, **{p: (avg[p] - mu) / sd for p in cfg.proxies}}
+                out.append(({"kind": "features", "layer": layer, "pooling": pooling, "feature_t": t, "k": k, "bank": b,
+                             "feature_draws": draws, "calls": draws}, z))
+    return out
+
+
+def score_candidates(cfg: SelectConfig, checkpoint: Checkpoint | None = None,
+                     progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
+    """One row per candidate: its settings, network calls per image, AUROC per proxy, mean and worst."""
+    recon = _recon_candidates(cfg, checkpoint, progress)
+    if checkpoint is None:
+        from .model import DEFAULT_CHECKPOINT, load_checkpoint
+        checkpoint = load_checkpoint(cfg.checkpoint or DEFAULT_CHECKPOINT, precision=cfg.precision,
+                                     device=cfg.device or "cpu")
+    feats = _feature_candidates(cfg, checkpoint, progress) if cfg.feature_ts else []
+    scored = [(s, z, _row(s, z, cfg.proxies)) for s, z in recon + feats]
+    rows = [row for *_, row in scored]
+
+    def best(kind: str, n: int) -> list:
+        return sorted((c for c in scored if c[0]["kind"] == kind), key=lambda c: -c[2]["mean"])[:n]
+
+    for (fs, fz, _), (rs, rz, _) in product(best("features", cfg.combine_features), best("reconstruction", cfg.combine_recon)):
+        if fs["calls"] + rs["calls"] <= cfg.max_calls:
+            z = {s: (fz[s] + rz[s]) / 2 for s in fz}
+            rows.append(_row({**rs, **fs, "kind": "combined", "calls": fs["calls"] + rs["calls"]}, z, cfg.proxies))
+    table = pd.DataFrame(rows)
+    table = table[table["calls"] <= cfg.max_calls]
+    return table.sort_values("mean", ascending=False, ignore_index=True)
 
 
 def choose(table: pd.DataFrame, tolerance: float = 0.002) -> pd.Series:
     """The rule in the module docstring."""
     near = table[table["mean"] >= table["mean"].max() - tolerance]
-    return near.sort_values(["calls", "worst"], ascending=[True, False]).iloc[0]
+    bank = near["bank"] if "bank" in near else 0
+    return near.assign(bank=bank).sort_values(["calls", "bank", "worst"], ascending=[True, True, False]).iloc[0]
 
 
 def detector_of(row: pd.Series) -> Detector:
-    return Detector(tuple(int(t) for t in str(row["ts"]).split()), int(row["draws"]), tuple(row["metrics"].split(",")))
+    """The Detector a table row describes."""
+    recon = {}
+    if isinstance(row.get("ts"), str) and row["ts"]:
+        recon = dict(ts=tuple(int(t) for t in row["ts"].split()), draws=int(row["draws"]),
+                     metrics=tuple(row["metrics"].split(",")))
+    knn = None
+    if isinstance(row.get("layer"), str) and row["layer"]:
+        spec = FeatureSpec(row["layer"], int(row["feature_t"]), row["pooling"])
+        knn = KnnTerm(spec, int(row["k"]), int(row["feature_draws"]), int(row["bank"]))
+    return Detector(**recon, knn=knn)

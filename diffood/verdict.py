@@ -13,13 +13,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import distributed
 from .data import load_user_image
 from .diffusion import make_scheduler
 from .errors import DiffoodError
 from .evaluate import DEFAULT, EvalResult
+from .features import FeatureBank
 from .metrics import threshold_at_tpr
 from .model import Checkpoint
-from .scoring import Detector, score_images
+from .scoring import Detector, distance_frame, embed_draws, score_images
 
 TARGET_TPR = 0.95
 
@@ -31,13 +33,14 @@ class Reference:
     val: pd.DataFrame  # the ID validation rows the z-scores are taken against
     val_scores: np.ndarray  # the score of every ID validation image
     threshold: float  # the score accepting TARGET_TPR of ID validation images
+    bank: FeatureBank | None = None  # the feature term's bank, when the score has one
 
     @classmethod
     def from_result(cls, result: EvalResult, name: str = DEFAULT) -> "Reference":
         det = result.detectors[name]
         val = result.reference
         scores = det.scores(val, val)["score"].to_numpy()
-        return cls(name, det, val, scores, threshold_at_tpr(scores, TARGET_TPR))
+        return cls(name, det, val, scores, threshold_at_tpr(scores, TARGET_TPR), result.bank if det.knn else None)
 
     @property
     def ts(self) -> tuple[int, ...]:
@@ -49,6 +52,8 @@ class Reference:
 
     def per_t(self, scores: pd.DataFrame) -> pd.DataFrame:
         """Per image and t: MSE and LPIPS averaged over the draws, and their z-scores against ID validation."""
+        if not self.ts:
+            return pd.DataFrame(columns=["index", "t", "mse", "lpips", "z_mse", "z_lpips"])
         return Detector(self.ts, self.detector.draws, ("mse", "lpips")).zscores(scores, self.val)
 
 
@@ -59,6 +64,8 @@ class Verdict:
     threshold: float
     is_ood: bool
     per_t: pd.DataFrame  # t, metrics averaged over draws, and their z-scores
+    nearest_distance: float = float("nan")  # to the nearest ID training image in feature space (draws averaged)
+    neighbours: pd.DataFrame | None = None  # bank index and distance of the 5 nearest, first draw; None without features
 
     @property
     def label(self) -> str:
@@ -70,29 +77,52 @@ class Verdict:
 
 
 def judge(x: torch.Tensor, checkpoint: Checkpoint, reference: Reference, sampler: str, steps: int,
-          seed: int = 0, lpips=None, batch_size: int = 256, progress: Callable[[int], None] | None = None) -> list[Verdict]:
+          seed: int = 0, lpips=None, batch_size: int = 256, progress: Callable[[int], None] | None = None,
+          neighbours: int = 0) -> list[Verdict]:
     """Score images x (N, 1, 28, 28) in [-1, 1] (all draws of a t in one batch) and judge each one. Every
-    image is noised alike, so its verdict does not depend on the others in the batch."""
+    image is noised alike, so its verdict does not depend on the others in the batch. With a feature
+    term, each verdict also names its `neighbours` nearest ID training images."""
     device = next(checkpoint.model.parameters()).device
-    scheduler = make_scheduler(checkpoint.meta.num_train_timesteps)
-    det = reference.detector
-    scores = score_images(checkpoint.model, x.to(device), det.ts, scheduler, sampler, steps, seed, lpips, batch_size,
-                          progress, range(det.draws), checkpoint.precision, shared_noise=True)
+    x = x.to(device)
+    det, bank = reference.detector, reference.bank
+    if det.knn:
+        bank.check(det.knn)
+    scores = score_images(checkpoint.model, x, det.ts, make_scheduler(checkpoint.meta.num_train_timesteps), sampler,
+                          steps, seed, lpips, batch_size, progress, range(det.draws), checkpoint.precision,
+                          shared_noise=True)
+    if det.knn:
+        draws = list(range(det.knn.draws))
+        embeddings = embed_draws(checkpoint.model, x, bank.spec, draws, seed, checkpoint.precision, batch_size,
+                                 shared_noise=True)
+        knn = distance_frame(bank, embeddings, draws)
+        scores = knn if not det.ts else scores.merge(knn, on=["index", "t", "draw"], how="outer")
+        nearest = knn.groupby("index")["knn1"].mean()
     values = det.scores(scores, reference.val).set_index("index")["score"]
     per_t = reference.per_t(scores)
-    return [Verdict(float(values[i]), reference.percentile(values[i]), reference.threshold,
+    out = []
+    for i in range(len(x)):
+        v = Verdict(float(values[i]), reference.percentile(values[i]), reference.threshold,
                     bool(values[i] > reference.threshold), per_t[per_t["index"] == i].drop(columns="index").reset_index(drop=True))
-            for i in range(len(x))]
+        if det.knn:
+            v.nearest_distance = float(nearest[i])
+        out.append(v)
+    if det.knn and neighbours:
+        for v, e in zip(out, embeddings[:len(x)]):  # draw 0
+            index, distance = bank.nearest(e, neighbours)
+            v.neighbours = pd.DataFrame({"bank_index": index.numpy(), "distance": distance.numpy()})
+    return out
 
 
-RESULT_COLUMNS = ["file", "score", "percentile", "verdict", "error"]
+RESULT_COLUMNS = ["file", "score", "percentile", "verdict", "nearest_id_distance", "error"]
 
 
 def judge_entries(entries, checkpoint: Checkpoint, reference: Reference, sampler: str, steps: int, seed: int = 0,
                   lpips=None, invert: bool | None = None, chunk: int = 64,
                   progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Many named images (inputs.Entry) -> one row each (RESULT_COLUMNS). Entries that are not images get
-    their reason in `error`; the others are scored `chunk` at a time. `progress(done, total)` per chunk."""
+    their reason in `error`; the others are scored `chunk` at a time (`chunk` per rank under torchrun,
+    whose ranks share each chunk's batches). `progress(done, total)` per chunk."""
+    chunk *= distributed.world()
     rows, good = [], []
     for e in entries:
         error = e.error
@@ -101,12 +131,13 @@ def judge_entries(entries, checkpoint: Checkpoint, reference: Reference, sampler
                 good.append((len(rows), load_user_image(e.data, invert=invert)))
             except DiffoodError as err:
                 error = str(err)
-        rows.append({"file": e.name, "score": np.nan, "percentile": np.nan, "verdict": "error", "error": error or ""})
+        rows.append({"file": e.name, "score": np.nan, "percentile": np.nan, "verdict": "error",
+                     "nearest_id_distance": np.nan, "error": error or ""})
     for start in range(0, len(good), chunk):
         part = good[start:start + chunk]
         verdicts = judge(torch.cat([x for _, x in part]), checkpoint, reference, sampler, steps, seed, lpips)
         for (i, _), v in zip(part, verdicts):
-            rows[i].update(score=v.score, percentile=v.percentile, verdict=v.label)
+            rows[i].update(score=v.score, percentile=v.percentile, verdict=v.label, nearest_id_distance=v.nearest_distance)
         if progress:
             progress(start + len(part), len(good))
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)

@@ -173,10 +173,13 @@ def evaluation(cfg: EvalConfig) -> EvalResult | None:
             return None
         st.rerun()  # redraw without the button, now reading the cache
     try:
-        return _read_evaluation(json.dumps(asdict(cfg)), ckpt.sha256, version)
+        result = _read_evaluation(json.dumps(asdict(cfg)), ckpt.sha256, version)
     except DiffoodError as e:
         st.error(str(e))
         return None
+    for note in result.notes:
+        st.info(note, icon=":material/info:")
+    return result
 
 
 def to_display(x: torch.Tensor, scale: int = 4) -> np.ndarray:

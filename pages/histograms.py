@@ -5,7 +5,6 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from diffood.diffusion import sampler_name
-from diffood.evaluate import DEFAULT, MULTI_T
 from diffood.metrics import auroc, rates_at_threshold, threshold_at_tpr
 from diffood.scoring import METRICS
 from pages.common import evaluated_tables, through_app
@@ -16,10 +15,10 @@ st.title("Score histograms")
 cfg, result = evaluated_tables()
 
 scores, ood = result.scores, cfg.ood[0]
-metric = st.radio("Score", [DEFAULT, MULTI_T, *METRICS], horizontal=True, key="hist_metric",
-                  help=f"default: {result.detectors[DEFAULT].describe()} (chosen on proxy OOD sets).\n\n"
-                       f"multi-t: the seed's score, {result.detectors[MULTI_T].describe()}.\n\n"
-                       "The others: one metric at one t, one noise draw.")
+metric = st.radio("Score", [*result.detectors, *METRICS], horizontal=True, key="hist_metric",
+                  help="\n\n".join(f"{name}: {det.describe()}" for name, det in result.detectors.items())
+                  + "\n\nThe default was chosen on proxy OOD sets; reconstruction and features are its two terms alone; "
+                    "multi-t is the seed's score. The others: one metric at one t, one noise draw.")
 if metric in result.detectors:
     table = result.detector_scores(metric)
     label = f"{metric} score"

@@ -4,7 +4,7 @@ against t per metric; ROC curves."""
 import plotly.graph_objects as go
 import streamlit as st
 
-from diffood.evaluate import DEFAULT, MULTI_T
+from diffood.evaluate import COMBINED, DEFAULT, FEATURES, MULTI_T, RECONSTRUCTION
 from diffood.metrics import roc_curve
 from diffood.scoring import METRICS
 from pages.common import evaluated_tables, through_app
@@ -21,14 +21,16 @@ png = {"toImageButtonOptions": {"format": "png", "filename": "diffood_auroc"}}
 colour = dict(zip(METRICS, ["#4c9be8", "#e8664c", "#5cc98b"]))  # one colour per metric on every chart
 best = per_t.loc[per_t["auroc"].idxmax()] if len(per_t) else None
 
-cards = st.columns(3)
-for col, name in zip(cards, [DEFAULT, MULTI_T]):
-    if name in combined.index:
-        row = combined.loc[name]
-        col.metric(f"{name} score: AUROC", f"{row['auroc']:.3f}", help=result.detectors[name].describe(), delta_color="off",
-                   delta=f"FPR95 {row['fpr95']:.3f} · {int(row['calls'])} calls/image", delta_arrow="off")
+named = [name for name in (DEFAULT, RECONSTRUCTION, FEATURES, COMBINED, MULTI_T) if name in combined.index]
+cards = st.columns(len(named) + 1)
+for col, name in zip(cards, named):
+    row = combined.loc[name]
+    label = {RECONSTRUCTION: "reconstruction score", FEATURES: "feature term alone",
+             COMBINED: "features + reconstruction"}.get(name, f"{name} score")
+    col.metric(f"{label}: AUROC", f"{row['auroc']:.3f}", help=result.detectors[name].describe(), delta_color="off",
+               delta=f"FPR95 {row['fpr95']:.3f} · {int(row['calls'])} calls/image", delta_arrow="off")
 if best is not None:
-    cards[2].metric(f"best single: {best['metric']} at t = {int(best['t'])}", f"{best['auroc']:.3f}", delta_color="off",
+    cards[-1].metric(f"best single: {best['metric']} at t = {int(best['t'])}", f"{best['auroc']:.3f}", delta_color="off",
                     delta=f"FPR95 {best['fpr95']:.3f} · {int(best['calls'])} calls/image", delta_arrow="off",
                     help="chosen here with the OOD set's labels, so an optimistic figure")
 
@@ -63,7 +65,8 @@ c1, c2 = st.columns(2)
 single = scores[scores["draw"] == 0]
 ts = sorted(single["t"].unique())
 options = [*result.detectors, *metrics]
-chosen_m = c1.multiselect("Scores", options, default=[DEFAULT, MULTI_T, best["metric"] if best is not None else "mse"],
+chosen_m = c1.multiselect("Scores", options, default=[*(n for n in (DEFAULT, RECONSTRUCTION, MULTI_T) if n in result.detectors),
+                                                     best["metric"] if best is not None else "mse"],
                           key="roc_metrics")
 best_t = int(best["t"]) if best is not None else ts[-1]
 chosen_t = c2.multiselect("t (for single-t scores)", ts, default=[best_t], key="roc_ts")

@@ -13,6 +13,7 @@ from PIL import Image
 from diffood.data import ID_DATASET, load_images, load_user_image, to_pixels
 from diffood.diffusion import make_scheduler, reconstruct
 from diffood.errors import DiffoodError
+from diffood.features import FeatureBank, bank_images
 from diffood.inputs import IMAGE_SUFFIXES, Entry, expand
 from diffood.scoring import noise_for
 from diffood.verdict import TARGET_TPR, Reference, judge, judge_entries
@@ -46,7 +47,7 @@ def score_one(data: bytes, invert: bool | None, path: str, sha: str, sampler: st
               reference_key: tuple, _reference: Reference):
     ckpt = load_model(path)
     x = load_user_image(data, invert=invert)
-    verdict = judge(x, ckpt, _reference, sampler, steps, seed, lpips_net())[0]
+    verdict = judge(x, ckpt, _reference, sampler, steps, seed, lpips_net(), neighbours=5)[0]
     device = next(ckpt.model.parameters()).device
     recons = {}
     for t in _reference.ts:
@@ -54,6 +55,35 @@ def score_one(data: bytes, invert: bool | None, path: str, sha: str, sampler: st
                              torch.Generator().manual_seed(seed + t), noise=noise_for(1, t, seed), precision=ckpt.precision)
         recons[t] = to_display(to_pixels(rec[0]))
     return to_display(to_pixels(x[0]), 6), recons, verdict
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def neighbour_images(fingerprint: str, indices: tuple[int, ...], _bank: FeatureBank) -> tuple[list[np.ndarray], str]:
+    """The bank's training images at `indices` for display, or none and the reason."""
+    try:
+        return [to_display(img[None].float() / 255, 4) for img in bank_images(_bank, list(indices))], ""
+    except DiffoodError as e:
+        return [], str(e)
+
+
+def why(verdict, reference: Reference) -> None:
+    """The verdict's evidence from the feature term: the nearest ID training images and their distances."""
+    bank, knn = reference.bank, reference.detector.knn
+    st.subheader("Why: its nearest ID training images in the model's own feature space")
+    near = verdict.neighbours
+    images, reason = neighbour_images(bank.fingerprint(), tuple(int(i) for i in near["bank_index"]), bank)
+    for i, (col, row) in enumerate(zip(st.columns(len(near)), near.itertuples())):
+        if images:
+            col.image(images[i], caption=f"#{i + 1}: distance {row.distance:.4f}", width=112)
+        else:
+            col.metric(f"neighbour #{i + 1}", f"{row.distance:.4f}", help=f"bank row {row.bank_index}")
+    if not images:
+        st.caption(f"Distances only: the training images are not on this machine ({reason})")
+    val = reference.val[reference.val["t"] == knn.spec.t].groupby("index")["knn1"].mean()
+    st.caption(f"Cosine distance between {bank.spec.describe()} (first noise draw); the bank holds {bank.describe()}. "
+               f"This image's nearest distance, averaged over {knn.draws} draw{'s' * (knn.draws > 1)}: "
+               f"{verdict.nearest_distance:.4f}; ID validation images: median {val.median():.4f}, 95th percentile "
+               f"{val.quantile(0.95):.4f}. The score uses the distance to the {knn.k}-th nearest.")
 
 
 def id_histogram(reference: Reference, marks: dict[str, float], title: str) -> go.Figure:
@@ -116,6 +146,8 @@ if len(entries) == 1:
                      column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ["mse", "lpips", "z_mse", "z_lpips"]})
     with right:
         st.plotly_chart(id_histogram(reference, {"this image": verdict.score}, "Where this image lands among ID images"))
+    if verdict.neighbours is not None:
+        why(verdict, reference)
     st.stop()
 
 digest = hashlib.sha256(b"".join(hashlib.sha256(e.name.encode() + (e.data or b"")).digest() for e in entries)
@@ -132,7 +164,10 @@ bad = table[table["error"] != ""]
 st.subheader(f"{len(scored)} images scored: {int((scored['verdict'] == 'likely OOD').sum())} likely OOD")
 st.dataframe(scored.drop(columns="error"), hide_index=True,
              column_config={"score": st.column_config.NumberColumn(format="%+.3f"),
-                            "percentile": st.column_config.NumberColumn("ID percentile", format="%.1f")})
+                            "percentile": st.column_config.NumberColumn("ID percentile", format="%.1f"),
+                            "nearest_id_distance": st.column_config.NumberColumn("nearest ID distance", format="%.4f",
+                                                                                 help="to the nearest ID training image "
+                                                                                      "in the UNet's feature space")})
 st.download_button("Download CSV", table.to_csv(index=False), file_name="diffood_scores.csv", mime="text/csv")
 if len(bad):
     st.warning(f"{len(bad)} files were not scored:\n\n" + "\n".join(f"- `{r.file}`: {r.error}" for r in bad.itertuples()))

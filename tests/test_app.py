@@ -1,6 +1,7 @@
 """The dashboard, driven by Streamlit's AppTest against a tiny random checkpoint."""
 
 import io
+import shutil
 
 import pytest
 from PIL import Image
@@ -178,6 +179,41 @@ def test_a_damaged_cached_table_is_a_warning_and_a_compute_button(app):
     assert any("unreadable score table" in w.value for w in app.warning)
     _computed(app)
     assert len(app.get("plotly_chart")) == 3
+
+
+@pytest.fixture
+def banked_checkpoint(tiny_checkpoint, tmp_path):
+    from diffood.features import BANK_NAME, FeatureSpec, build_bank
+    from diffood.model import load_checkpoint
+
+    folder = shutil.copytree(tiny_checkpoint, tmp_path / "banked")
+    build_bank(load_checkpoint(folder, precision="fp32"), FeatureSpec("mid_block", 50), n=64).save(folder / BANK_NAME)
+    return folder
+
+
+def test_without_a_bank_the_pages_say_the_default_is_reconstruction_only(app):
+    goto(app, "pages/roc.py")
+    _computed(app)
+    assert any("has no feature bank" in i.value for i in app.info)
+
+
+def test_with_a_feature_bank_the_pages_show_both_terms_and_the_nearest_id_images(app, banked_checkpoint):
+    app.session_state["checkpoint"] = str(banked_checkpoint)
+    goto(app, "pages/roc.py")
+    _computed(app)
+    labels = [m.label for m in app.metric]
+    assert labels[:4] == ["default score: AUROC", "reconstruction score: AUROC", "features + reconstruction: AUROC",
+                          "multi-t score: AUROC"]
+    assert "nearest of 64 ID training images" in app.metric[0].help
+    goto(app, "pages/histograms.py")
+    assert app.radio(key="hist_metric").options[:4] == ["default", "reconstruction", "both", "multi-t"]
+    goto(app, "pages/upload.py")
+    app.radio(key="upload_source").set_value("Example: MNIST digit").run()
+    _computed(app)
+    assert [h.value for h in app.subheader] == ["Why: its nearest ID training images in the model's own feature space"]
+    captions = [img.proto.imgs[0].caption for img in app.get("image")]
+    assert [c.split(":")[0] for c in captions if c.startswith("#")] == ["#1", "#2", "#3", "#4", "#5"]
+    assert not any("Distances only" in c.value for c in app.caption)
 
 
 def test_a_bad_checkpoint_is_a_message_not_a_traceback(app, tmp_path):

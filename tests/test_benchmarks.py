@@ -17,7 +17,7 @@ def test_the_sweep_benchmark_reads_no_cached_or_shipped_table(tiny_checkpoint, t
     cached = ev.evaluate(ev.EvalConfig(checkpoint=str(tiny_checkpoint), cache_dir=str(tmp_path), **kw))
     assert cached.cache_file.is_file()  # a table the benchmark could have read
     cfg = sweep.config(str(tiny_checkpoint), None, str(tmp_path), "cpu", **kw)
-    monkeypatch.setattr(ev, "_read_cached", lambda paths: pytest.fail(f"the benchmark read {paths}"))
+    monkeypatch.setattr(ev, "_read_cached", lambda paths, columns: pytest.fail(f"the benchmark read {paths}"))
     result = ev.evaluate(cfg)
     assert len(result.computed) == 3 * 2  # every (set, t) computed
 
@@ -25,6 +25,7 @@ def test_the_sweep_benchmark_reads_no_cached_or_shipped_table(tiny_checkpoint, t
 def test_the_sweep_benchmark_uses_the_defaults():
     cfg = sweep.config("ckpt", None, "/tmp/x", "cpu")
     default = ev.EvalConfig()
-    assert (cfg.ts, cfg.ood, cfg.n, cfg.n_val, cfg.detector, cfg.sampler, cfg.steps) == (
-        default.ts, default.ood, default.n, default.n_val, default.detector, default.sampler, default.steps)
+    fields = ("ts", "ood", "n", "n_val", "score", "draws", "detector_ts", "detector_metrics", "knn_k", "knn_draws",
+              "sampler", "steps")
+    assert [getattr(cfg, f) for f in fields] == [getattr(default, f) for f in fields]
     assert cfg.recompute

@@ -20,7 +20,7 @@ from PIL import Image
 
 from diffood.data import MAX_UPLOAD_BYTES
 from diffood.model import DEFAULT_CHECKPOINT
-from tests.conftest import ROOT
+from tests.conftest import DATA_DIR, ROOT, needs_data
 
 SHIPPED_OOD = ["mnist", "fashionmnist-vflip", "fashionmnist-hflip", "gaussian-noise", "uniform"]
 DEEP_LINKS = {"reconstruct": "mean MSE", "histograms": "ID accepted (TPR)", "roc": "Download CSV", "upload": "Upload one or more"}
@@ -42,12 +42,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(tmp_path_factory):
-    """`streamlit run app.py` on a free loopback port, an empty data folder and its own cache; yields the
-    URL, then stops it and checks its log for tracebacks and warnings."""
+def _start(tmp_path_factory, data_dir=None):
+    """`streamlit run app.py` on a free loopback port, an empty data folder (or `data_dir`) and its own cache;
+    yields the URL, then stops it and checks its log for tracebacks and warnings."""
     port = _free_port()
-    empty = tmp_path_factory.mktemp("no-data")
-    env = {**os.environ, "DIFFOOD_DATA_DIR": str(empty), "DIFFOOD_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
+    data_dir = data_dir or tmp_path_factory.mktemp("no-data")
+    env = {**os.environ, "DIFFOOD_DATA_DIR": str(data_dir), "DIFFOOD_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
     env.pop("DIFFOOD_CHECKPOINT", None)
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
@@ -82,6 +82,11 @@ def server(tmp_path_factory):
 @pytest.fixture
 def fresh_server(tmp_path_factory):
     yield from _start(tmp_path_factory)
+
+
+@pytest.fixture
+def server_with_data(tmp_path_factory):
+    yield from _start(tmp_path_factory, DATA_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +187,9 @@ def test_every_page_slider_and_uploads_in_a_real_browser(server, browser, shots)
     page.get_by_text("ID validation images.").first.wait_for()
     verdict = page.locator('[data-testid="stAlert"]').first.inner_text()
     assert "looks in-distribution" in verdict.lower() or "likely ood" in verdict.lower()
-    page.screenshot(path=str(shots / "upload.png"), full_page=True)
+    page.get_by_text("Why: its nearest ID training images").wait_for()
+    page.get_by_text("Distances only: the training images are not on this machine").wait_for()  # no data folder here
+    assert page.locator('[data-testid="stMetric"]').filter(has_text="neighbour #").count() == 5
 
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
         files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"just some text"}])
@@ -199,6 +206,21 @@ def test_every_page_slider_and_uploads_in_a_real_browser(server, browser, shots)
     page.get_by_text("batch.zip/huge.png").wait_for()
     page.get_by_text("Download CSV").wait_for()
     page.screenshot(path=str(shots / "upload-batch.png"), full_page=True)
+    page.close()
+
+
+@needs_data
+def test_an_upload_shows_its_nearest_id_training_images(server_with_data, browser, shots):
+    page = _page(browser, server_with_data, "upload")
+    _settled(page)
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+        files=[{"name": "shirt.png", "mimeType": "image/png", "buffer": _png_bytes()}])
+    page.get_by_text("Why: its nearest ID training images").wait_for()
+    _settled(page)
+    for i in range(1, 6):
+        page.get_by_text(re.compile(rf"#{i}: distance 0\.\d{{4}}")).wait_for()
+    assert page.locator('[data-testid="stImage"]').filter(has_text="distance").count() == 5
+    page.screenshot(path=str(shots / "upload.png"), full_page=True)
     page.close()
 
 

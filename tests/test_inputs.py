@@ -76,7 +76,7 @@ def test_cli_scores_files_folders_and_archives_into_a_table(tiny_checkpoint, tmp
     code = main(["score", "--checkpoint", str(tiny_checkpoint), "--steps", "2", str(folder), str(archive), "--out", str(out)])
     assert code == 1  # some entries failed
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["file", "score", "percentile", "verdict", "error"]
+    assert list(table.columns) == ["file", "score", "percentile", "verdict", "nearest_id_distance", "error"]
     by_file = table.set_index("file")
     assert by_file.loc[str(folder / "shirt.png"), "verdict"] in ("looks in-distribution", "likely OOD")
     assert by_file.loc[f"{archive}/dark.png", "error"] == ""

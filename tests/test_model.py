@@ -145,3 +145,49 @@ def test_non_object_json_is_a_checkpoint_error(tiny_checkpoint, tmp_path):
     (c / META_NAME).write_text("[1, 2]")
     with pytest.raises(CheckpointError, match="JSON object"):
         load_checkpoint(c)
+
+
+def test_compile_auto_only_where_it_was_measured_to_pay(monkeypatch):
+    from diffood import model as m
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert m.resolve_compile("auto", m.COMPILE_PAYS_FROM_CALLS, "cpu") and not m.resolve_compile("auto", 1000, "cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not m.resolve_compile("auto", 10**9, "cpu")
+    assert m.resolve_compile("on", 1, "cpu") and not m.resolve_compile("off", 10**9, "cpu")
+    with pytest.raises(ValueError, match="unknown compile mode"):
+        m.resolve_compile("maybe", 1, "cpu")
+
+
+def test_a_padded_last_batch_changes_no_reconstruction(tiny_unet):
+    import copy
+
+    from diffood.diffusion import make_scheduler, reconstruct
+
+    x0 = torch.rand((7, 1, 28, 28), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    static = copy.deepcopy(tiny_unet)
+    static.static_batch = True  # as compile_for_inference marks it: batches padded to batch_size
+    calls = []
+    static.register_forward_pre_hook(lambda mod, args: calls.append(len(args[0])))
+    a = reconstruct(tiny_unet, x0, 600, make_scheduler(), "strided", 2, noise=noise, batch_size=4)[1]
+    b = reconstruct(static, x0, 600, make_scheduler(), "strided", 2, noise=noise, batch_size=4)[1]
+    assert set(calls) == {4} and b.shape == a.shape
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # a batch of 3 and one of 4 may take other kernels
+
+
+@pytest.mark.slow
+def test_compiled_scores_agree_with_eager_within_the_bf16_tolerance(tiny_checkpoint):
+    from diffood.diffusion import make_scheduler
+    from diffood.model import compile_for_inference
+    from diffood.scoring import score_images
+
+    x0 = torch.rand((10, 1, 28, 28), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    eager = load_checkpoint(tiny_checkpoint, precision="bf16")
+    compiled = compile_for_inference(load_checkpoint(tiny_checkpoint, precision="bf16").model, "bf16")
+    a = score_images(eager.model, x0, [500], make_scheduler(), steps=2, draws=range(2), precision="bf16", batch_size=8)
+    b = score_images(compiled, x0, [500], make_scheduler(), steps=2, draws=range(2), precision="bf16", batch_size=8)
+    fp32 = score_images(load_checkpoint(tiny_checkpoint, precision="fp32").model, x0, [500], make_scheduler(), steps=2,
+                        draws=range(2), batch_size=8)
+    assert (a["mse"] - b["mse"]).abs().max() < 0.02 * a["mse"].abs().max()  # the CUDA test's tolerance
+    assert (fp32["mse"] - b["mse"]).abs().max() < 0.02 * fp32["mse"].abs().max()

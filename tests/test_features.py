@@ -1,0 +1,224 @@
+"""Feature scores: embeddings from the UNet's own blocks, the bank beside the checkpoint, kNN distances,
+detectors that combine them with reconstruction errors, and the selection protocol's feature candidates."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.neighbors import NearestNeighbors
+
+from diffood import cli
+from diffood.data import ID_DATASET, load_images, to_model_input
+from diffood.evaluate import COMBINED, DEFAULT, FEATURES, RECONSTRUCTION, EvalConfig, evaluate
+from diffood.features import (
+    BANK_NAME,
+    LAYERS,
+    BankError,
+    FeatureBank,
+    FeatureSpec,
+    build_bank,
+    checkpoint_bank,
+    embed,
+    knn_distances,
+    load_bank,
+)
+from diffood.model import load_checkpoint, save_checkpoint
+from diffood.scoring import Detector, KnnTerm, feature_distances, noise_for
+from diffood.select import SelectConfig, choose, detector_of, score_candidates
+from diffood.verdict import Reference, judge, judge_entries
+from tests.conftest import needs_data
+
+
+@pytest.fixture
+def ckpt_with_bank(tiny_checkpoint, tmp_path):
+    folder = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    ckpt = load_checkpoint(folder, precision="fp32")
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(64, 1, 28, 28, generator=g) * 2 - 1
+    e = embed(ckpt.model, images, 50, noise_for(64, 50, 0), ("mid_block",))["mid_block", "mean"]
+    FeatureBank(FeatureSpec("mid_block", 50), e.half(), ckpt.sha256, {"dataset": ID_DATASET, "split": "train", "n": 64,
+                                                                      "seed": 0}).save(folder / BANK_NAME)
+    return load_checkpoint(folder, precision="fp32")
+
+
+def test_an_embedding_stops_after_its_layer_and_equals_the_full_forward_pass(tiny_unet):
+    x = torch.rand(6, 1, 28, 28) * 2 - 1
+    noise = noise_for(6, 50, 0)
+    alone = embed(tiny_unet, x, 50, noise, ("mid_block",), ("mean", "max"))
+    every = embed(tiny_unet, x, 50, noise, LAYERS, ("mean", "max"))
+    for pooling in ("mean", "max"):
+        torch.testing.assert_close(alone["mid_block", pooling], every["mid_block", pooling])
+    assert every["down_blocks.0", "mean"].shape == (6, 8) and every["mid_block", "mean"].shape == (6, 16)
+    assert torch.allclose(every["up_blocks.1", "max"].norm(dim=1), torch.ones(6))
+    assert not any(m._forward_hooks for m in tiny_unet.modules())  # hooks removed
+
+
+def test_knn_distances_match_scikit_learn():
+    g = torch.Generator().manual_seed(0)
+    bank = torch.nn.functional.normalize(torch.randn(300, 16, generator=g), dim=1)
+    q = torch.nn.functional.normalize(torch.randn(50, 16, generator=g), dim=1)
+    d = knn_distances(q, bank, (1, 5, 10), chunk=7)
+    ref, _ = NearestNeighbors(n_neighbors=10, metric="cosine").fit(bank.numpy()).kneighbors(q.numpy())
+    for k in (1, 5, 10):
+        np.testing.assert_allclose(d[k].numpy(), ref[:, k - 1], atol=1e-5)
+
+
+def test_a_bank_from_other_weights_or_settings_is_refused(ckpt_with_bank, tmp_path):
+    path = ckpt_with_bank.path / BANK_NAME
+    assert checkpoint_bank(ckpt_with_bank).n == 64
+    with pytest.raises(BankError, match="other weights"):
+        load_bank(path, "0" * 64)
+    bank = checkpoint_bank(ckpt_with_bank)
+    with pytest.raises(BankError, match="asks for a bank of 64 images with mean-pooled up_blocks.0"):
+        bank.check(KnnTerm(FeatureSpec("up_blocks.0", 50), bank=64))
+    with pytest.raises(BankError, match="asks for a bank of 1,000"):
+        bank.check(KnnTerm(FeatureSpec("mid_block", 50), bank=1000))
+    # a bank whose embeddings do not fit the layer it names (down_blocks.0 has 8 channels here, not 16)
+    meta = load_file(path)
+    other = FeatureBank(FeatureSpec("down_blocks.0", 50), meta["embeddings"], ckpt_with_bank.sha256, bank.source)
+    other.save(path)
+    with pytest.raises(BankError, match="64 x 8"):
+        checkpoint_bank(ckpt_with_bank)
+
+
+def test_a_damaged_bank_gives_one_line_and_no_traceback(ckpt_with_bank, capsys):
+    path = ckpt_with_bank.path / BANK_NAME
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(BankError, match="unreadable"):
+        checkpoint_bank(ckpt_with_bank)
+    rc = cli.main(["evaluate", "--checkpoint", str(ckpt_with_bank.path), "--n", "4", "--n-val", "4", "--ood", "uniform",
+                   "--t", "400", "--detector-t", "400", "--steps", "1", "--no-lpips", "--out", str(path.parent / "x")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "Traceback" not in err
+    assert err.count("\n") == 0 and err.startswith("error: feature bank") and "rebuild it" in err
+    save_file({"other": torch.zeros(3)}, path)  # readable, but not a bank
+    with pytest.raises(BankError, match="unreadable"):
+        checkpoint_bank(ckpt_with_bank)
+
+
+def _reference(ckpt, **kw):
+    cfg = EvalConfig(checkpoint=str(ckpt.path), ood=(), ts=(400,), detector_ts=(400,), draws=2, steps=2, n_val=12,
+                     lpips=False, precision="fp32", **{"score": "both", **kw})
+    return Reference.from_result(evaluate(cfg, ckpt))
+
+
+@needs_data
+def test_the_feature_score_of_an_image_is_the_same_alone_in_a_batch_and_in_any_batch_size(ckpt_with_bank):
+    reference = _reference(ckpt_with_bank, knn_draws=2)
+    assert reference.detector.knn == KnnTerm(FeatureSpec("mid_block", 50), 1, 2, 64)
+    x = to_model_input(load_images("mnist", "test", 5, 0))
+    alone = judge(x[2:3], ckpt_with_bank, reference, "strided", 2, neighbours=5)[0]
+    for batch_size in (2, 8):
+        batch = judge(x, ckpt_with_bank, reference, "strided", 2, batch_size=batch_size, neighbours=5)[2]
+        assert batch.nearest_distance == pytest.approx(alone.nearest_distance, abs=1e-6)
+        assert batch.score == pytest.approx(alone.score, rel=1e-4)  # a z-score: the distance over a small std
+        assert batch.neighbours["bank_index"].tolist() == alone.neighbours["bank_index"].tolist()
+    d = feature_distances(ckpt_with_bank.model, x, reference.bank, [0, 1], shared_noise=True, batch_size=3)
+    assert d.loc[(d["index"] == 2) & (d["draw"] == 0), "knn1"].item() == pytest.approx(
+        alone.neighbours["distance"][0], abs=1e-6)
+    assert alone.neighbours["distance"].is_monotonic_increasing and len(alone.neighbours) == 5
+
+
+@needs_data
+def test_the_default_score_is_the_mean_of_the_z_scored_reconstruction_and_feature_terms(ckpt_with_bank):
+    r = evaluate(EvalConfig(checkpoint=str(ckpt_with_bank.path), ood=("mnist",), ts=(400,), detector_ts=(400,), draws=2,
+                            steps=2, n=10, n_val=12, lpips=False, precision="fp32", score="both"), ckpt_with_bank)
+    assert list(r.detectors) == [DEFAULT, RECONSTRUCTION, FEATURES, "multi-t"]
+    assert r.detectors[DEFAULT] == r.config.detectors(r.bank)[DEFAULT] and COMBINED not in r.detectors
+    assert {(50, 0), (400, 0), (400, 1)} == set(zip(r.scores["t"], r.scores["draw"]))
+    assert r.detectors[DEFAULT].calls("strided", 2) == 2 * 2 + 1
+    parts = [r.detector_scores(name, ["role"]).set_index(["role", "index"])["score"] for name in (RECONSTRUCTION, FEATURES)]
+    both = r.detector_scores(DEFAULT, ["role"]).set_index(["role", "index"])["score"]
+    pd.testing.assert_series_equal(both, (parts[0] + parts[1]) / 2, check_names=False)
+    knn = r.scores[(r.scores["t"] == 50)]
+    val = knn[knn["role"] == "id_val"]["knn1"]
+    ood = knn[knn["role"] == "ood"].set_index("index")["knn1"]
+    z = (ood - val.mean()) / val.std()
+    pd.testing.assert_series_equal(parts[1].loc["ood"], z, check_names=False, check_index_type=False, check_dtype=False,
+                                   rtol=1e-5)
+    # the feature table is cached apart: leaving features out does not touch the reconstruction table
+    plain = evaluate(EvalConfig(checkpoint=str(ckpt_with_bank.path), ood=("mnist",), ts=(400,), detector_ts=(400,),
+                                draws=2, steps=2, n=10, n_val=12, lpips=False, precision="fp32", score="reconstruction"),
+                     ckpt_with_bank)
+    assert not plain.computed and set(plain.detectors) == {DEFAULT, "multi-t"} and "knn1" not in plain.scores
+
+
+@needs_data
+def test_the_default_score_is_the_feature_term_alone_and_its_verdict_needs_one_call(ckpt_with_bank):
+    reference = _reference(ckpt_with_bank, score="features")
+    assert reference.detector == Detector(knn=KnnTerm(FeatureSpec("mid_block", 50), 1, 1, 64))
+    assert reference.detector.calls("strided", 2) == 1
+    calls = []
+    hook = ckpt_with_bank.model.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])))
+    try:
+        verdicts = judge(to_model_input(load_images("mnist", "test", 3, 0)), ckpt_with_bank, reference, "strided", 2)
+    finally:
+        hook.remove()
+    assert calls == [3] and all(v.per_t.empty and v.nearest_distance >= 0 for v in verdicts)
+
+
+@needs_data
+def test_without_a_bank_the_default_score_is_reconstruction_only_and_says_so(tiny_checkpoint):
+    r = evaluate(EvalConfig(checkpoint=str(tiny_checkpoint), ood=("uniform",), ts=(400,), detector_ts=(400,), steps=1,
+                            n=6, n_val=6, lpips=False, precision="fp32"))
+    assert r.detectors[DEFAULT].knn is None and r.bank is None
+    assert "no feature bank" in r.notes[0] and "python -m diffood bank" in r.notes[0]
+
+
+@needs_data
+def test_the_bank_command_embeds_training_images_only(tiny_checkpoint, tmp_path, capsys):
+    folder = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    assert cli.main(["bank", "--checkpoint", str(folder), "--n", "40", "--layer", "up_blocks.0", "--feature-t", "25",
+                     "--precision", "fp32"]) == 0
+    assert "40 fashionmnist training images" in capsys.readouterr().out
+    ckpt = load_checkpoint(folder, precision="fp32")
+    bank = checkpoint_bank(ckpt)
+    assert (bank.spec, bank.n, bank.source["split"]) == (FeatureSpec("up_blocks.0", 25, "max"), 40, "train")
+    again = build_bank(ckpt, bank.spec, 40)
+    torch.testing.assert_close(again.embeddings, bank.embeddings)
+    train = set(map(bytes, load_images(ID_DATASET, "train", None, 0).numpy()))
+    assert not train & set(map(bytes, load_images(ID_DATASET, "val", None, 0).numpy()))
+
+
+@needs_data
+def test_batch_scoring_writes_the_nearest_distance(ckpt_with_bank):
+    from diffood.inputs import Entry
+
+    reference = _reference(ckpt_with_bank)
+    png = __import__("io").BytesIO()
+    __import__("PIL.Image").Image.Image.save(__import__("PIL.Image").Image.new("L", (20, 20), 200), png, format="PNG")
+    table = judge_entries([Entry("a.png", png.getvalue()), Entry("b.txt", b"nope")], ckpt_with_bank, reference,
+                          "strided", 2)
+    assert table.loc[0, "nearest_id_distance"] >= 0 and np.isnan(table.loc[1, "nearest_id_distance"])
+
+
+@needs_data
+def test_the_protocol_scores_feature_and_combined_candidates_within_the_call_budget(ckpt_with_bank, tmp_path):
+    cfg = SelectConfig(checkpoint=str(ckpt_with_bank.path), proxies=("fashionmnist-vflip", "uniform"), ts=(400,),
+                       max_draws=1, steps=2, n_ref=8, n_id=8, n_proxy=8, feature_ts=(10, 50),
+                       layers=("mid_block", "up_blocks.0"), poolings=("mean",), bank_sizes=(16, 32), max_feature_draws=2,
+                       combine_features=3, combine_recon=2, max_calls=3, precision="fp32", cache_dir=str(tmp_path))
+    table = score_candidates(cfg, ckpt_with_bank)
+    assert set(table["kind"]) == {"reconstruction", "features", "combined"}
+    assert table["calls"].max() <= 3
+    feats = table[table["kind"] == "features"]
+    assert len(feats) == 2 * 2 * 3 * 2 * 2  # t_f x layers x k x bank sizes x draws
+    assert len(list((tmp_path / "embeddings").glob("*.safetensors"))) == 2 * (1 + 2 * 3)  # cached per set, t, draw
+    best = choose(table)
+    det = detector_of(best)
+    assert det.calls("strided", 2) == best["calls"]
+    combined = detector_of(table[table["kind"] == "combined"].iloc[0])
+    assert combined.ts == (400,) and combined.knn is not None
+    assert score_candidates(cfg, ckpt_with_bank).equals(table)  # the cached embeddings give the same table
+
+
+def test_the_rule_prefers_fewer_calls_then_the_smaller_bank():
+    table = pd.DataFrame({"mean": [0.950, 0.949, 0.949, 0.940], "calls": [21, 21, 21, 1], "bank": [58000, 10000, 20000, 0],
+                          "worst": [0.7, 0.6, 0.9, 0.9]})
+    assert choose(table).name == 1
+    assert detector_of(pd.Series({"ts": "700", "draws": 4, "metrics": "mse", "layer": "mid_block", "feature_t": 50,
+                                  "pooling": "mean", "k": 5, "bank": 10000, "feature_draws": 1})) == Detector(
+        (700,), 4, ("mse",), KnnTerm(FeatureSpec("mid_block", 50), 5, 1, 10000))
