@@ -65,7 +65,8 @@ def unet_gflop(model, device) -> float:
     """GFLOP of one network call on one 28 x 28 image (torch's FLOP counter: 2 per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.zeros((1, 1, 28, 28), device=device)
+    model = getattr(model, "_orig_mod", model)  # counted eagerly; compiled or not, the same arithmetic
+    x = torch.zeros((1, 1, 28, 28), device=device, dtype=next(model.parameters()).dtype)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(x, torch.zeros(1, dtype=torch.long, device=device))
     return counter.get_total_flops() / 1e9

@@ -5,7 +5,8 @@ or shipped table is read (EvalConfig.recompute); the table is written to a tempo
 
     python benchmarks/sweep.py                               # the defaults (precision auto)
     python benchmarks/sweep.py --precision fp32 bf16         # both, one after the other, AUROC compared
-    python benchmarks/sweep.py --compile                     # with torch.compile, compilation included
+    python benchmarks/sweep.py --compile                     # compiled (model.compile_for_inference), compilation included
+    TORCHINDUCTOR_CACHE_DIR=/tmp/ind python benchmarks/sweep.py --compile   # twice: cold, then warm on-disk cache
 """
 
 from __future__ import annotations

@@ -275,13 +275,14 @@ def _add_bank(sub) -> None:
 def _cmd_bank(a) -> int:
     import time
 
+    from .data import ID_DATASET
     from .evaluate import default_cache_dir
     from .features import BANK_DRAW, BANK_NAME, FeatureSpec, build_bank, cached_embeddings
 
     ckpt = _load(a)
     spec, n = FeatureSpec(a.layer, a.feature_t, a.pooling), a.n or None
     start = time.perf_counter()
-    reused = cached_embeddings(a.cache_dir or default_cache_dir(), ckpt, "fashionmnist", "train", n, spec.t, BANK_DRAW, a.seed)
+    reused = cached_embeddings(a.cache_dir or default_cache_dir(), ckpt, ID_DATASET, "train", n, spec.t, BANK_DRAW, a.seed)
     bar, progress = _progress_bar()
     bank = build_bank(ckpt, spec, n, a.seed, a.data_dir, a.batch_size, lambda done, total: progress(done, total, "bank"),
                       embeddings=None if reused is None else reused[spec.layer, spec.pooling])

@@ -82,6 +82,11 @@ def broadcast(obj):
     return box[0]
 
 
+def barrier() -> None:
+    if world() > 1:
+        dist.barrier()
+
+
 def close(ok: bool = True) -> None:
     """Leave the process group at the end of a command: after the others when it went well, at once when
     this rank failed (the others then fail on their next collective, not hang in a barrier)."""

@@ -49,7 +49,6 @@ RECONSTRUCTION_DETECTOR = Detector(ts=(700,), draws=4, metrics=("mse",))
 DEFAULT_KNN = KnnTerm(FeatureSpec("up_blocks.0", 50, "max"), k=1, draws=1, bank=58_000)
 SCORES = ("features", "reconstruction", "both")  # what the default score is made of; "both": the z-mean of the two
 DEFAULT_SCORE = "features"
-DEFAULT_DETECTOR = Detector(knn=DEFAULT_KNN)
 # the combined scores by name, in tables and pages
 DEFAULT, RECONSTRUCTION, FEATURES, COMBINED, MULTI_T = "default", "reconstruction", "features", "both", "multi-t"
 KEY_COLUMNS = ["dataset", "split", "role", "index", "t", "draw"]

@@ -39,10 +39,10 @@ class BankError(CheckpointError):
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """How an image becomes an embedding."""
+    """How an image becomes an embedding: which block's output, at which t, pooled how."""
 
-    layer: str = "mid_block"
-    t: int = 50
+    layer: str
+    t: int
     pooling: str = "mean"
 
     def __post_init__(self):

@@ -8,7 +8,7 @@ z-scores over its t and metrics (Graham et al., CVPR-W 2023, with draws = 1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -39,8 +39,9 @@ class KnnTerm:
         return f"knn{self.k}"
 
     def describe(self) -> str:
-        return (f"distance to the {self.k}-th nearest of {self.bank:,} ID training images in {self.spec.describe()}, "
-                f"{self.draws} draw{'s' * (self.draws > 1)}")
+        which = "the nearest" if self.k == 1 else f"the {self.k}th nearest"
+        return (f"cosine distance to {which} of {self.bank:,} ID training images in {self.spec.describe()}, "
+                f"{self.draws} noise draw{'s' * (self.draws > 1)}")
 
 
 @dataclass(frozen=True)
@@ -62,15 +63,7 @@ class Detector:
         parts = [f"{' + '.join(self.metrics)} over t = {', '.join(map(str, self.ts))}, each averaged over "
                  f"{self.draws} noise draw{'s' * (self.draws > 1)}"] if self.ts else []
         parts += [self.knn.describe()] if self.knn else []
-        return "z-mean of " + "; and ".join(parts)
-
-    def reconstruction(self) -> "Detector":
-        """This score without its feature term."""
-        return replace(self, knn=None)
-
-    def features(self) -> "Detector":
-        """Its feature term alone."""
-        return Detector(knn=self.knn)
+        return ("z-mean of " if len(parts) > 1 or self.ts else "z-score of ") + "; and ".join(parts)
 
     def _terms(self) -> list[tuple[tuple[int, ...], int, tuple[str, ...]]]:
         terms = [(self.ts, self.draws, self.metrics)] if self.ts else []

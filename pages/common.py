@@ -19,7 +19,7 @@ from diffood.data import ID_DATASET, OOD_SETS
 from diffood.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, STEPPED, default_device, resolve_precision
 from diffood.errors import DiffoodError
 from diffood.evaluate import (
-    DEFAULT_DETECTOR,
+    RECONSTRUCTION_DETECTOR,
     DEFAULT_MULTI_TS,
     DEFAULT_TS,
     CacheWarning,
@@ -76,7 +76,7 @@ DEFAULTS = {
     "sampler": DEFAULT_SAMPLER,
     "steps": DEFAULT_STEPS,
     "seed": 0,
-    "draws": DEFAULT_DETECTOR.draws,
+    "draws": RECONSTRUCTION_DETECTOR.draws,
     "eval_ts": list(DEFAULT_TS),
     "eval_n": 1000,
     "multi_ts": list(DEFAULT_MULTI_TS),
@@ -102,8 +102,8 @@ def sidebar() -> None:
                         help=f"Network calls per reconstruction for {' and '.join(STEPPED)}")
         st.number_input("Seed", 0, 2**31 - 1, key="seed")
         st.number_input("Noise draws", 1, 16, key="draws",
-                        help=f"The default score averages each image's error over this many independent noisings "
-                             f"at t = {', '.join(map(str, DEFAULT_DETECTOR.ts))}")
+                        help=f"The reconstruction score averages each image's error over this many independent noisings "
+                             f"at t = {', '.join(map(str, RECONSTRUCTION_DETECTOR.ts))}")
         st.divider()
         st.caption(f"Device: **{device_name()}**")
         status = lpips_status()

@@ -24,9 +24,11 @@ AlexNet features.
 * Out-of-distribution images (MNIST digits here) come back **as clothes**, so their error is larger.
 * Too small a *t* and everything reconstructs perfectly; too large and nothing of the input is left.
   Averaging the z-scored errors over several *t* (Graham et al., CVPR-W 2023) avoids picking one.
-* The **default score** also averages each error over several independent noisings of the image, and
-  its *t*, draws and metrics were chosen on proxy OOD sets made from FashionMNIST alone (flipped,
-  inverted, patch-shuffled, noise), never on MNIST: `python -m diffood select`.
+* The same model also judges an image by its **own features**: noised lightly, run through the UNet
+  once, an image lands near the training images it resembles. The **default score** is the distance to
+  the nearest training image in that space (one network call), chosen over reconstruction errors and
+  their combinations on proxy OOD sets made from the ID data alone (flipped, inverted, patch-shuffled,
+  noise), never on MNIST: `python -m diffood select`. The reconstruction score stays beside it.
 """
     )
     st.page_link(page("reconstruct"), label="Reconstruct: drag *t*, see what the model makes of each image", icon=":material/autorenew:")

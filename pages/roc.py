@@ -25,14 +25,12 @@ named = [name for name in (DEFAULT, RECONSTRUCTION, FEATURES, COMBINED, MULTI_T)
 cards = st.columns(len(named) + 1)
 for col, name in zip(cards, named):
     row = combined.loc[name]
-    label = {RECONSTRUCTION: "reconstruction score", FEATURES: "feature term alone",
-             COMBINED: "features + reconstruction"}.get(name, f"{name} score")
-    col.metric(f"{label}: AUROC", f"{row['auroc']:.3f}", help=result.detectors[name].describe(), delta_color="off",
-               delta=f"FPR95 {row['fpr95']:.3f} · {int(row['calls'])} calls/image", delta_arrow="off")
+    col.metric(f"{name} · AUROC", f"{row['auroc']:.3f}", help=f"{name} score: {result.detectors[name].describe()}",
+               delta=f"FPR95 {row['fpr95']:.3f} · {int(row['calls'])} calls", delta_color="off", delta_arrow="off")
 if best is not None:
-    cards[-1].metric(f"best single: {best['metric']} at t = {int(best['t'])}", f"{best['auroc']:.3f}", delta_color="off",
-                    delta=f"FPR95 {best['fpr95']:.3f} · {int(best['calls'])} calls/image", delta_arrow="off",
-                    help="chosen here with the OOD set's labels, so an optimistic figure")
+    cards[-1].metric(f"{best['metric']}, t = {int(best['t'])} · AUROC", f"{best['auroc']:.3f}", delta_color="off",
+                    delta=f"FPR95 {best['fpr95']:.3f} · {int(best['calls'])} calls", delta_arrow="off",
+                    help="the best single t, chosen here with the OOD set's labels: an optimistic figure")
 
 fig = go.Figure()
 for m in metrics:

@@ -13,6 +13,7 @@ from PIL import Image
 from diffood.data import ID_DATASET, load_images, load_user_image, to_pixels
 from diffood.diffusion import make_scheduler, reconstruct
 from diffood.errors import DiffoodError
+from diffood.evaluate import RECONSTRUCTION
 from diffood.features import FeatureBank, bank_images
 from diffood.inputs import IMAGE_SUFFIXES, Entry, expand
 from diffood.scoring import noise_for
@@ -42,19 +43,22 @@ def example(name: str) -> bytes:
     return _png(load_images(dataset, "test", 1, seed=0)[0].numpy())
 
 
-@st.cache_data(show_spinner="Reconstructing and scoring…", max_entries=64)
+@st.cache_data(show_spinner="Scoring…", max_entries=64)
 def score_one(data: bytes, invert: bool | None, path: str, sha: str, sampler: str, steps: int, seed: int,
-              reference_key: tuple, _reference: Reference):
+              reference_key: tuple, _reference: Reference, _evidence: Reference):
+    """The verdict on one image, and the reconstruction evidence beside it: `_evidence` (the reconstruction
+    score) judged too when the default score is another, and the reconstructions at its t."""
     ckpt = load_model(path)
     x = load_user_image(data, invert=invert)
     verdict = judge(x, ckpt, _reference, sampler, steps, seed, lpips_net(), neighbours=5)[0]
+    evidence = verdict if _evidence is _reference else judge(x, ckpt, _evidence, sampler, steps, seed, lpips_net())[0]
     device = next(ckpt.model.parameters()).device
     recons = {}
-    for t in _reference.ts:
+    for t in _evidence.ts:
         _, rec = reconstruct(ckpt.model, x.to(device), t, make_scheduler(), sampler, steps,
                              torch.Generator().manual_seed(seed + t), noise=noise_for(1, t, seed), precision=ckpt.precision)
         recons[t] = to_display(to_pixels(rec[0]))
-    return to_display(to_pixels(x[0]), 6), recons, verdict
+    return to_display(to_pixels(x[0]), 6), recons, verdict, evidence
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -66,10 +70,10 @@ def neighbour_images(fingerprint: str, indices: tuple[int, ...], _bank: FeatureB
         return [], str(e)
 
 
-def why(verdict, reference: Reference) -> None:
-    """The verdict's evidence from the feature term: the nearest ID training images and their distances."""
+def nearest_images(verdict, reference: Reference) -> None:
+    """The feature term's evidence: the nearest ID training images and their distances."""
     bank, knn = reference.bank, reference.detector.knn
-    st.subheader("Why: its nearest ID training images in the model's own feature space")
+    st.markdown("**Its nearest ID training images in the model's own feature space**")
     near = verdict.neighbours
     images, reason = neighbour_images(bank.fingerprint(), tuple(int(i) for i in near["bank_index"]), bank)
     for i, (col, row) in enumerate(zip(st.columns(len(near)), near.itertuples())):
@@ -83,7 +87,22 @@ def why(verdict, reference: Reference) -> None:
     st.caption(f"Cosine distance between {bank.spec.describe()} (first noise draw); the bank holds {bank.describe()}. "
                f"This image's nearest distance, averaged over {knn.draws} draw{'s' * (knn.draws > 1)}: "
                f"{verdict.nearest_distance:.4f}; ID validation images: median {val.median():.4f}, 95th percentile "
-               f"{val.quantile(0.95):.4f}. The score uses the distance to the {knn.k}-th nearest.")
+               f"{val.quantile(0.95):.4f}.")
+
+
+def reconstruction_evidence(evidence, reference: Reference, shown, recons, separate: bool) -> None:
+    """The reconstruction score's evidence: the input, its reconstructions, errors and z-scores per t; its own
+    verdict too when it is `separate` from the default score."""
+    st.markdown("**What the model makes of it from noise**" + (
+        f": the {reference.name} score alone says *{evidence.label}* ({evidence.score:+.2f}, ID validation "
+        f"percentile {evidence.percentile:.1f})" if separate else ""))
+    cols = st.columns(1 + len(recons))
+    cols[0].image(shown, caption="input, as the model sees it (28 × 28)")
+    for col, (t, img) in zip(cols[1:], recons.items()):
+        col.image(img, caption=f"reconstruction from t = {t} (first draw)", width=168)
+    if len(evidence.per_t):
+        st.dataframe(evidence.per_t[["t", "mse", "lpips", "z_mse", "z_lpips"]], hide_index=True,
+                     column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ["mse", "lpips", "z_mse", "z_lpips"]})
 
 
 def id_histogram(reference: Reference, marks: dict[str, float], title: str) -> go.Figure:
@@ -129,25 +148,23 @@ settings = (str(ckpt.path), ckpt.sha256, s["sampler"], int(s["steps"]), int(s["s
 
 if len(entries) == 1:
     entry = entries[0]
-    shown, recons, verdict = score_one(entry.data, invert, *settings, (reference.detector, reference.threshold), reference)
+    evidence_ref = Reference.from_result(result, RECONSTRUCTION) if RECONSTRUCTION in result.detectors else reference
+    shown, recons, verdict, evidence = score_one(entry.data, invert, *settings, (reference.detector, reference.threshold,
+                                                                                 evidence_ref.detector), reference, evidence_ref)
     text = (f"**{verdict.label[0].upper() + verdict.label[1:]}**: score {verdict.score:+.2f} is "
             f"{'above' if verdict.is_ood else 'at or below'} the threshold {verdict.threshold:+.2f}; "
             f"higher than {verdict.percentile:.1f} % of ID validation images.")
     (st.error if verdict.is_ood else st.success)(text)
     st.caption(f"The threshold accepts {TARGET_TPR:.0%} of the {len(reference.val_scores)} FashionMNIST validation images "
                f"(95 % TPR). Score: {reference.detector.describe()}.")
-    cols = st.columns(1 + len(recons))
-    cols[0].image(shown, caption="input, as the model sees it (28 × 28)")
-    for col, (t, img) in zip(cols[1:], recons.items()):
-        col.image(img, caption=f"reconstruction from t = {t} (first draw)", width=168)
-    left, right = st.columns(2)
-    with left:
-        st.dataframe(verdict.per_t[["t", "mse", "lpips", "z_mse", "z_lpips"]], hide_index=True,
-                     column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ["mse", "lpips", "z_mse", "z_lpips"]})
+    left, right = st.columns([3, 2])
     with right:
         st.plotly_chart(id_histogram(reference, {"this image": verdict.score}, "Where this image lands among ID images"))
-    if verdict.neighbours is not None:
-        why(verdict, reference)
+    with left:
+        st.subheader("Why this verdict")
+        if verdict.neighbours is not None:
+            nearest_images(verdict, reference)
+        reconstruction_evidence(evidence, evidence_ref, shown, recons, evidence_ref is not reference)
     st.stop()
 
 digest = hashlib.sha256(b"".join(hashlib.sha256(e.name.encode() + (e.data or b"")).digest() for e in entries)

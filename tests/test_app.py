@@ -104,7 +104,8 @@ def test_roc_page_draws_curves_and_offers_the_table(app):
     table = app.dataframe[0].value
     assert {"mse", "lpips", "mse+lpips", "multi-t", "default"} <= set(table["metric"])
     cards = [m.label for m in app.metric]  # the default score, the seed's multi-t and the best single t side by side
-    assert cards[0].startswith("default score") and cards[1].startswith("multi-t score") and cards[2].startswith("best single")
+    assert cards[0].startswith("default") and cards[1].startswith("multi-t") and cards[2].endswith("· AUROC")
+    assert app.metric[2].help.startswith("the best single t")
     assert any(b.label == "Download CSV" for b in app.get("download_button"))
 
 
@@ -202,15 +203,17 @@ def test_with_a_feature_bank_the_pages_show_both_terms_and_the_nearest_id_images
     goto(app, "pages/roc.py")
     _computed(app)
     labels = [m.label for m in app.metric]
-    assert labels[:4] == ["default score: AUROC", "reconstruction score: AUROC", "features + reconstruction: AUROC",
-                          "multi-t score: AUROC"]
+    assert labels[:4] == ["default · AUROC", "reconstruction · AUROC", "both · AUROC", "multi-t · AUROC"]
     assert "nearest of 64 ID training images" in app.metric[0].help
     goto(app, "pages/histograms.py")
     assert app.radio(key="hist_metric").options[:4] == ["default", "reconstruction", "both", "multi-t"]
     goto(app, "pages/upload.py")
     app.radio(key="upload_source").set_value("Example: MNIST digit").run()
     _computed(app)
-    assert [h.value for h in app.subheader] == ["Why: its nearest ID training images in the model's own feature space"]
+    assert [h.value for h in app.subheader] == ["Why this verdict"]
+    evidence = " ".join(m.value for m in app.markdown)
+    assert "nearest ID training images in the model's own feature space" in evidence
+    assert "the reconstruction score alone says" in evidence
     captions = [img.proto.imgs[0].caption for img in app.get("image")]
     assert [c.split(":")[0] for c in captions if c.startswith("#")] == ["#1", "#2", "#3", "#4", "#5"]
     assert not any("Distances only" in c.value for c in app.caption)

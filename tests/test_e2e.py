@@ -187,7 +187,7 @@ def test_every_page_slider_and_uploads_in_a_real_browser(server, browser, shots)
     page.get_by_text("ID validation images.").first.wait_for()
     verdict = page.locator('[data-testid="stAlert"]').first.inner_text()
     assert "looks in-distribution" in verdict.lower() or "likely ood" in verdict.lower()
-    page.get_by_text("Why: its nearest ID training images").wait_for()
+    page.get_by_text("Its nearest ID training images in the model's own feature space").wait_for()
     page.get_by_text("Distances only: the training images are not on this machine").wait_for()  # no data folder here
     assert page.locator('[data-testid="stMetric"]').filter(has_text="neighbour #").count() == 5
 
@@ -215,7 +215,7 @@ def test_an_upload_shows_its_nearest_id_training_images(server_with_data, browse
     _settled(page)
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
         files=[{"name": "shirt.png", "mimeType": "image/png", "buffer": _png_bytes()}])
-    page.get_by_text("Why: its nearest ID training images").wait_for()
+    page.get_by_text("Its nearest ID training images in the model's own feature space").wait_for()
     _settled(page)
     for i in range(1, 6):
         page.get_by_text(re.compile(rf"#{i}: distance 0\.\d{{4}}")).wait_for()
