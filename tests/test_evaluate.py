@@ -74,7 +74,7 @@ def test_the_cache_returns_the_same_table_without_recomputing(tiny_checkpoint, m
 @needs_data
 def test_recompute_reads_no_table(tiny_checkpoint, monkeypatch):
     evaluate(_cfg(tiny_checkpoint))
-    monkeypatch.setattr(ev, "_read_cached", lambda paths: pytest.fail(f"read {paths}"))
+    monkeypatch.setattr(ev, "_read_cached", lambda paths, columns: pytest.fail(f"read {paths}"))
     again = evaluate(_cfg(tiny_checkpoint, recompute=True))
     assert len(again.computed) == 3 * 2  # every (set, t)
 
@@ -232,7 +232,7 @@ def test_two_processes_asking_for_one_table_compute_it_once(tiny_checkpoint, tmp
 def test_one_draw_reproduces_the_shipped_table():
     """draws = 1 is the seed's computation: the shipped strided-10 table's values come back (fp32)."""
     ckpt = load_checkpoint(DEFAULT_CHECKPOINT, precision="fp32")
-    shipped = ev._read_cached([DEFAULT_CHECKPOINT / "evals" / "0dc49a0fd9d3b2813201.csv.gz"])[0]
+    shipped = ev._read_cached([DEFAULT_CHECKPOINT / "evals" / "0dc49a0fd9d3b2813201.csv.gz"], ev.SCORE_COLUMNS)[0]
     assert (shipped["draw"] == 0).all()
     x0 = to_model_input(load_images("mnist", "test", 1000, 0))
     ours = score_images(ckpt.model, x0[:16], [700], make_scheduler(), "strided", 10, 0, get_lpips(), draws=[0])
