@@ -21,15 +21,19 @@ png = {"toImageButtonOptions": {"format": "png", "filename": "diffood_auroc"}}
 colour = dict(zip(METRICS, ["#4c9be8", "#e8664c", "#5cc98b"]))  # one colour per metric on every chart
 best = per_t.loc[per_t["auroc"].idxmax()] if len(per_t) else None
 
+def calls(n) -> str:
+    return f"{int(n)} call{'s' * (int(n) != 1)}"
+
+
 named = [name for name in (DEFAULT, RECONSTRUCTION, FEATURES, COMBINED, MULTI_T) if name in combined.index]
 cards = st.columns(len(named) + 1)
 for col, name in zip(cards, named):
     row = combined.loc[name]
     col.metric(f"{name} · AUROC", f"{row['auroc']:.3f}", help=f"{name} score: {result.detectors[name].describe()}",
-               delta=f"FPR95 {row['fpr95']:.3f} · {int(row['calls'])} calls", delta_color="off", delta_arrow="off")
+               delta=f"FPR95 {row['fpr95']:.3f} · {calls(row['calls'])}", delta_color="off", delta_arrow="off")
 if best is not None:
     cards[-1].metric(f"{best['metric']}, t = {int(best['t'])} · AUROC", f"{best['auroc']:.3f}", delta_color="off",
-                    delta=f"FPR95 {best['fpr95']:.3f} · {int(best['calls'])} calls", delta_arrow="off",
+                    delta=f"FPR95 {best['fpr95']:.3f} · {calls(best['calls'])}", delta_arrow="off",
                     help="the best single t, chosen here with the OOD set's labels: an optimistic figure")
 
 fig = go.Figure()
