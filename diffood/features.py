@@ -267,9 +267,8 @@ def _embedding_path(cache_dir, checkpoint, name, split, n, t, draw, seed) -> Pat
 def cached_embeddings(cache_dir, checkpoint, name: str, split: str, n: int | None, t: int, draw: int,
                       seed: int = 0) -> dict[tuple[str, str], torch.Tensor] | None:
     """What `embed_set` cached for these images, or for a longer prefix of the same order (cut to n)."""
-    found = []
-    for p in _embedding_path(cache_dir, checkpoint, name, split, "*", t, draw, seed).parent.glob(
-            _embedding_path(cache_dir, checkpoint, name, split, "*", t, draw, seed).name):
+    found, pattern = [], _embedding_path(cache_dir, checkpoint, name, split, "*", t, draw, seed)
+    for p in pattern.parent.glob(pattern.name):
         size = p.stem.rsplit("-n", 1)[1]
         if size == str(n) or (n is not None and size.isdigit() and int(size) >= n):
             found.append((size != str(n), int(size) if size.isdigit() else 0, p))

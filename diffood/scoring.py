@@ -29,9 +29,9 @@ class KnnTerm:
     (features.FeatureSpec: layer, t, pooling), averaged over `draws` noise draws (one call each)."""
 
     spec: FeatureSpec
-    k: int = 5
+    k: int = 1
     draws: int = 1
-    bank: int = 10_000
+    bank: int = 58_000
 
     @property
     def metric(self) -> str:
