@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from diffood.data import ID_DATASET, load_images, to_model_input
+from diffood.data import load_images, to_model_input
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def id_and_ood(n: int, data_dir: str | None, device, ood: str = "mnist") -> tuple[torch.Tensor, torch.Tensor]:
-    x_id = to_model_input(load_images(ID_DATASET, "test", n, 0, data_dir)).to(device)
+    x_id = to_model_input(load_images("fashionmnist", "test", n, 0, data_dir)).to(device)
     x_ood = to_model_input(load_images(ood, "test", n, 0, data_dir)).to(device)
     return x_id, x_ood
 

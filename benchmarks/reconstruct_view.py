@@ -11,7 +11,7 @@ import statistics
 import torch
 from common import machine, parser, report, timer
 
-from diffood.data import ID_DATASET, load_images, to_model_input
+from diffood.data import load_images, to_model_input
 from diffood.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, default_device, make_scheduler, reconstruct, sampler_name
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint
 from diffood.perceptual import get_lpips
@@ -28,7 +28,7 @@ def main() -> None:
     ckpt = load_checkpoint(a.checkpoint or DEFAULT_CHECKPOINT, device=device)
     lpips, sched = get_lpips(str(device)), make_scheduler()
     rows = []
-    for dataset in (ID_DATASET, "mnist"):
+    for dataset in ("fashionmnist", "mnist"):
         x0 = to_model_input(load_images(dataset, "test", a.n, 0, a.data_dir)).to(device)
         for t in a.t:
             times = []

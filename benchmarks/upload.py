@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--precision", nargs="+", default=["auto"], choices=list(PRECISIONS))
     a = p.parse_args()
     device = torch.device(a.device) if a.device else default_device()
-    images = [png(x.numpy()) for x in load_images("fashionmnist", "test", a.batch, 0, a.data_dir)]
+    images = [png(x[0].numpy()) for x in load_images("fashionmnist", "test", a.batch, 0, a.data_dir)]
     rows = []
     for precision in a.precision:
         ckpt = load_checkpoint(a.checkpoint or DEFAULT_CHECKPOINT, device=device, precision=precision)

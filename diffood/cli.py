@@ -19,13 +19,20 @@ from .model import COMPILE_MODES, DEFAULT_CHECKPOINT
 
 # torchrun reads an abbreviated option after the module name as its own: --t as its --tee, --n as ambiguous
 TORCHRUN_NOTE = " (under torchrun, spell out the long name)"
+OOD_HELP = ("another torchvision set (mnist, fashionmnist, ...), a folder or .zip of images, <id>-vflip / -hflip / "
+            "-invert / -shuffle (the ID test images transformed), gaussian-noise, uniform")
 
 
 def _add_train(sub) -> None:
+    from .datasets import CHANNELS, TORCHVISION, DataSpec
     from .model import ModelConfig
     from .train import TrainConfig
 
-    p = sub.add_parser("train", help="train the denoiser on FashionMNIST (resumable; runs under torchrun)")
+    p = sub.add_parser("train", help="train the denoiser on an image set (resumable; runs under torchrun)")
+    p.add_argument("--data", default=DataSpec.source, help=f"the ID set: {', '.join(TORCHVISION)}, or a folder or .zip of images")
+    p.add_argument("--image-size", type=int, default=DataSpec.image_size, help="images are fitted to this many px (28-64)")
+    p.add_argument("--channels", type=int, default=DataSpec.channels, choices=CHANNELS, help="1 grayscale, 3 RGB")
+    p.add_argument("--val-size", type=int, default=DataSpec.val_size, help="validation images held out (folders: at most a tenth)")
     p.add_argument("--run-dir", default=TrainConfig.run_dir, help="where state, log and checkpoints go")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
     p.add_argument("--epochs", type=float, default=TrainConfig.epochs, help="length of the learning-rate schedule")
@@ -34,26 +41,30 @@ def _add_train(sub) -> None:
     p.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--save-every", type=int, default=TrainConfig.save_every, help="steps between saved states")
-    p.add_argument("--channels", default=",".join(map(str, ModelConfig.block_out_channels)), help="UNet block_out_channels")
+    p.add_argument("--block-channels", default=",".join(map(str, ModelConfig.block_out_channels)), help="UNet block_out_channels")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--max-steps", type=int, help="stop (and save) at this total step")
     p.add_argument("--max-minutes", type=float, help="stop (and save) after this many minutes")
     p.add_argument("--export", dest="export_dir", help="write the EMA checkpoint here when stopping")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--data-dir", help="folder with torchvision's FashionMNIST (default $DIFFOOD_DATA_DIR)")
-    p.add_argument("--download", action="store_true", help="allow torchvision to download FashionMNIST")
+    p.add_argument("--data-dir", help="torchvision's data folder, where folder specs are also looked for (default $DIFFOOD_DATA_DIR)")
+    p.add_argument("--download", action="store_true", help="allow torchvision to download the set")
     p.add_argument("--limit-images", type=int, help="train on this many images only (smoke tests)")
 
 
 def _cmd_train(a) -> int:
+    from .datasets import DataSpec
     from .model import ModelConfig
     from .train import TrainConfig, run
 
+    data = DataSpec(a.data, a.image_size, a.channels, a.val_size)
+    model = ModelConfig(image_size=a.image_size, channels=a.channels,
+                        block_out_channels=tuple(int(c) for c in a.block_channels.split(",")))
     cfg = TrainConfig(
-        run_dir=a.run_dir, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, ema_decay=a.ema_decay,
-        seed=a.seed, save_every=a.save_every, channels_last=not a.no_channels_last, compile=a.compile,
-        data_dir=a.data_dir, limit_images=a.limit_images, model=ModelConfig(block_out_channels=tuple(int(c) for c in a.channels.split(","))),
+        run_dir=a.run_dir, data=data, model=model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+        ema_decay=a.ema_decay, seed=a.seed, save_every=a.save_every, channels_last=not a.no_channels_last,
+        compile=a.compile, data_dir=a.data_dir, limit_images=a.limit_images,
     )
     run(cfg, resume=a.resume, max_steps=a.max_steps, max_minutes=a.max_minutes, export_dir=a.export_dir,
         device=a.device)
@@ -61,17 +72,19 @@ def _cmd_train(a) -> int:
 
 
 def _add_export(sub) -> None:
+    from .model import WEIGHT_DTYPES
     from .train import TrainConfig
 
     p = sub.add_parser("export", help="write a run's EMA weights as a diffusers-layout checkpoint (no data needed)")
     p.add_argument("--run-dir", default=TrainConfig.run_dir)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--weights", default="fp32", choices=list(WEIGHT_DTYPES), help="stored precision (fp16: half the size)")
 
 
 def _cmd_export(a) -> int:
     from .train import export_run
 
-    step, folder = export_run(a.run_dir, a.out)
+    step, folder = export_run(a.run_dir, a.out, a.weights)
     print(f"exported step {step} to {folder}")
     return 0
 
@@ -152,13 +165,12 @@ def _progress_bar():
 
 
 def _add_evaluate(sub) -> None:
-    from .data import OOD_SETS
     from .evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, SCORES, EvalConfig
     from .features import KS
 
     p = sub.add_parser("evaluate", help="score ID vs OOD sets over t; print AUROC / FPR95, write CSVs")
     _add_common(p, compile=True)
-    p.add_argument("--ood", nargs="+", default=["mnist"], choices=sorted(OOD_SETS), help="OOD sets")
+    p.add_argument("--ood", nargs="+", help=OOD_HELP + " (default: the checkpoint's default OOD set)")
     p.add_argument("--t", "--timesteps", dest="t", nargs="+", type=int, default=list(DEFAULT_TS),
                    help=f"timesteps to score at{TORCHRUN_NOTE}")
     p.add_argument("--multi-t", nargs="+", default=list(DEFAULT_MULTI_TS),
@@ -183,13 +195,13 @@ def _add_evaluate(sub) -> None:
 def _cmd_evaluate(a) -> int:
     from .evaluate import EvalConfig, evaluate, pending_images
 
-    cfg = EvalConfig(checkpoint=a.checkpoint, ood=tuple(a.ood), ts=tuple(a.t), multi_ts=None if a.multi_t == ["all"] else tuple(map(int, a.multi_t)),
+    ckpt = _load(a)
+    cfg = EvalConfig(checkpoint=a.checkpoint, ood=tuple(a.ood or [ckpt.data.default_ood]), ts=tuple(a.t), multi_ts=None if a.multi_t == ["all"] else tuple(map(int, a.multi_t)),
                      draws=a.draws, detector_ts=tuple(a.detector_t), detector_metrics=tuple(a.detector_metrics),
                      score=a.score, knn_k=a.knn_k, knn_draws=a.knn_draws,
                      sampler=a.sampler, steps=a.steps, n=a.n, n_val=a.n_val, seed=a.seed, lpips=not a.no_lpips,
                      recompute=a.recompute, precision=a.precision, batch_size=a.batch_size, data_dir=a.data_dir,
                      cache_dir=a.cache_dir, device=a.device)
-    ckpt = _load(a)
     ckpt = _compiled(a, ckpt, pending_images(cfg, ckpt) * cfg.steps)
     bar, progress = _progress_bar()
     result = evaluate(cfg, ckpt, progress)
@@ -214,7 +226,7 @@ def _add_select(sub) -> None:
     p = sub.add_parser("select", help="choose the default score on proxy OOD sets (never MNIST); print and write the table")
     _add_common(p, compile=True)
     p.set_defaults(steps=d.steps)
-    p.add_argument("--proxies", nargs="+", default=list(d.proxies), help="proxy OOD sets (default: %(default)s)")
+    p.add_argument("--proxies", nargs="+", default=list(d.proxies), help="proxy OOD sets, transforms of the ID set's (default: %(default)s)")
     p.add_argument("--t", "--timesteps", dest="t", nargs="+", type=int, default=list(d.ts),
                    help=f"candidate t; candidates take runs of them{TORCHRUN_NOTE}")
     p.add_argument("--max-draws", type=int, default=d.max_draws)
@@ -242,6 +254,7 @@ def _cmd_select(a) -> int:
                        poolings=tuple(a.poolings), bank_sizes=tuple(a.bank_sizes), max_feature_draws=a.max_feature_draws,
                        seed=a.seed, precision=a.precision, data_dir=a.data_dir, cache_dir=a.cache_dir, device=a.device)
     ckpt = _load(a)
+    cfg = cfg.for_checkpoint(ckpt)
     ckpt = _compiled(a, ckpt, pending_images(cfg.eval_config(), ckpt) * cfg.steps)
     bar, progress = _progress_bar()
     table = score_candidates(cfg, ckpt, progress)
@@ -275,14 +288,13 @@ def _add_bank(sub) -> None:
 def _cmd_bank(a) -> int:
     import time
 
-    from .data import ID_DATASET
     from .evaluate import default_cache_dir
     from .features import BANK_DRAW, BANK_NAME, FeatureSpec, build_bank, cached_embeddings
 
     ckpt = _load(a)
     spec, n = FeatureSpec(a.layer, a.feature_t, a.pooling), a.n or None
     start = time.perf_counter()
-    reused = cached_embeddings(a.cache_dir or default_cache_dir(), ckpt, ID_DATASET, "train", n, spec.t, BANK_DRAW, a.seed)
+    reused = cached_embeddings(a.cache_dir or default_cache_dir(), ckpt, ckpt.data.name, "train", n, spec.t, BANK_DRAW, a.seed)
     bar, progress = _progress_bar()
     bank = build_bank(ckpt, spec, n, a.seed, a.data_dir, a.batch_size, lambda done, total: progress(done, total, "bank"),
                       embeddings=None if reused is None else reused[spec.layer, spec.pooling])
@@ -296,11 +308,9 @@ def _cmd_bank(a) -> int:
 
 
 def _add_reconstruct(sub) -> None:
-    from .data import ID_DATASET, OOD_SETS
-
     p = sub.add_parser("reconstruct", help="PNG grid: original, then noised / reconstruction / |error| per t")
     _add_common(p)
-    p.add_argument("--dataset", default=ID_DATASET, choices=[ID_DATASET, *sorted(OOD_SETS)])
+    p.add_argument("--dataset", help="the checkpoint's ID set (default) or an OOD set: " + OOD_HELP)
     p.add_argument("--t", nargs="+", type=int, default=[500])
     p.add_argument("--n", type=int, default=8, help="images (rows)")
     p.add_argument("--out", default="reconstruction.png")
@@ -315,17 +325,18 @@ def _cmd_reconstruct(a) -> int:
 
     ckpt = _load(a)
     device = next(ckpt.model.parameters()).device
-    x0 = to_model_input(load_images(a.dataset, "test", a.n, a.seed, a.data_dir)).to(device)
+    dataset = a.dataset or ckpt.data.name
+    x0 = to_model_input(load_images(dataset, "test", a.n, a.seed, a.data_dir, id=ckpt.data)).to(device)
     columns = [to_pixels(x0)]
     for t in a.t:
         xt, recon = reconstruct(ckpt.model, x0, t, make_scheduler(), a.sampler, a.steps,
-                                torch.Generator().manual_seed(a.seed + t), noise=noise_for(len(x0), t, a.seed),
+                                torch.Generator().manual_seed(a.seed + t), noise=noise_for(len(x0), t, a.seed, x0.shape[1:]),
                                 precision=ckpt.precision)
         columns += [to_pixels(xt), to_pixels(recon), (to_pixels(recon) - to_pixels(x0)).abs()]
     grid = torch.stack(columns, dim=1).flatten(0, 1)  # row-major: one row per image
     if _main():
         save_image(grid, a.out, nrow=len(columns), padding=2, pad_value=0.5)
-    print(f"wrote {a.out}: {a.n} {a.dataset} images; columns: original" + "".join(
+    print(f"wrote {a.out}: {a.n} {dataset} images; columns: original" + "".join(
         f", noised/reconstruction/|error| at t={t}" for t in a.t))
     return 0
 
@@ -419,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     _setup(a)
     warnings.showwarning = _warn  # one line per warning, no source lines
-    if a.command != "train":  # under torchrun: join the group (train does so itself); a GPU per local rank
+    if a.command not in ("train", "export"):  # under torchrun: join the group (train does so itself); a GPU per local rank
         a.device = distributed.device_for_rank(a.device)
         distributed.init(a.device or default_device())
     ok = False

@@ -243,7 +243,7 @@ def generate(
     precision: str = "fp32",
 ) -> torch.Tensor:
     """Samples from pure noise (DDIM from t = T): what the model believes in-distribution looks like."""
-    x = torch.randn((n, 1, image_size, image_size), generator=generator).to(device)
+    x = torch.randn((n, model.config.in_channels, image_size, image_size), generator=generator).to(device)
     T = scheduler.config.num_train_timesteps
     with autocast(device, precision):
         return _denoise_ddim(model, x, T, steps, alpha_bars(scheduler).to(device))

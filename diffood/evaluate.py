@@ -26,7 +26,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from . import distributed
-from .data import ID_DATASET, load_images, to_model_input
+from .data import load_images, to_model_input
 from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, STEPPED, default_device, make_scheduler, network_calls
 from .features import KNN_METRICS, FeatureBank, FeatureSpec, checkpoint_bank
 from .files import atomic_path, atomic_write_text, move_aside
@@ -55,7 +55,6 @@ KEY_COLUMNS = ["dataset", "split", "role", "index", "t", "draw"]
 SCORE_COLUMNS = [*KEY_COLUMNS, *METRICS]
 FEATURE_COLUMNS = [*KEY_COLUMNS, *KNN_METRICS]
 SUMMARY_COLUMNS = ["ood", "metric", "t", "auroc", "fpr95", "n_id", "n_ood", "calls"]
-ROLES = {"id_val": (ID_DATASET, "val"), "id": (ID_DATASET, "test")}
 
 
 class CacheWarning(UserWarning):
@@ -285,8 +284,9 @@ def _plan(cfg: EvalConfig, checkpoint: Checkpoint, table: _Table) -> _Plan:
         cached, found = pd.DataFrame(columns=table.columns), None
     else:
         cached, found = _read_cached([write_path, checkpoint.path / "evals" / f"{table.key}.csv.gz"], table.columns)
-    sets = [("id_val", *ROLES["id_val"], cfg.n_val)]  # ID test images only matter against an OOD set
-    sets += [("id", *ROLES["id"], cfg.n)] if cfg.ood and cfg.id_test else []
+    id_name = checkpoint.data.name
+    sets = [("id_val", id_name, "val", cfg.n_val)]  # ID test images only matter against an OOD set
+    sets += [("id", id_name, "test", cfg.n)] if cfg.ood and cfg.id_test else []
     sets += [("ood", name, "test", cfg.n) for name in cfg.ood]
     have = set(zip(cached["role"], cached["dataset"], cached["t"], cached["draw"]))
     todo = []
@@ -302,9 +302,15 @@ def _bank(cfg: EvalConfig, checkpoint: Checkpoint) -> FeatureBank | None:
     return checkpoint_bank(checkpoint) if cfg.score != "reconstruction" else None
 
 
+def for_checkpoint(cfg: EvalConfig, checkpoint: Checkpoint) -> EvalConfig:
+    """The config with OOD names made full for the checkpoint's ID set ("vflip" -> "<id>-vflip")."""
+    return replace(cfg, ood=tuple(checkpoint.data.resolve(name) for name in cfg.ood))
+
+
 def table_status(cfg: EvalConfig, checkpoint: Checkpoint) -> tuple[int, str]:
     """(How many images `evaluate(cfg)` still has to run through the UNet (0: it only reads the cache),
     which version of which tables it would read): the second changes whenever a table does."""
+    cfg = for_checkpoint(cfg, checkpoint)
     lpips_net = get_lpips("cpu") if cfg.lpips else None
     plans = [_plan(cfg, checkpoint, table) for table in _tables(cfg, checkpoint, lpips_net, _bank(cfg, checkpoint))]
     version = ";".join(f"{p.found}@{p.found.stat().st_mtime_ns}" for p in plans if p.found)
@@ -326,6 +332,7 @@ def evaluate(
     if checkpoint is None:
         checkpoint = load_checkpoint(cfg.checkpoint or DEFAULT_CHECKPOINT, device=device, precision=cfg.precision)
     device = next(checkpoint.model.parameters()).device
+    cfg = for_checkpoint(cfg, checkpoint)
     lpips_net = get_lpips(str(device)) if cfg.lpips else None
     bank = _bank(cfg, checkpoint)
     notes = [] if bank is not None or cfg.score == "reconstruction" else [
@@ -387,7 +394,8 @@ def _compute(cfg, checkpoint: Checkpoint, plan: _Plan, table: _Table, progress) 
     images = {}
     for (role, name, split, n), t, draws in plan.todo:
         if (name, split, n) not in images:
-            images[name, split, n] = to_model_input(load_images(name, split, n, cfg.seed, cfg.data_dir)).to(device)
+            pixels = load_images(name, split, n, cfg.seed, cfg.data_dir, id=checkpoint.data)
+            images[name, split, n] = to_model_input(pixels).to(device)
 
         def step(k: int, _name=name) -> None:
             nonlocal done

@@ -162,13 +162,14 @@ class FeatureBank:
         return top.indices, (1 - top.values).clamp_min(0)
 
 
-def bank_images(bank: FeatureBank, indices, data_dir=None) -> torch.Tensor:
-    """The training images behind bank rows (uint8, N x H x W). DataUnavailableError when neither the data
-    folder nor the shipped sample holds them."""
-    from .data import load_images
+def bank_images(bank: FeatureBank, indices, data_dir=None, id=None) -> torch.Tensor:
+    """The training images behind bank rows (uint8, N x C x S x S) of the checkpoint's ID set `id`.
+    DataUnavailableError when neither the data folder nor the shipped sample holds them."""
+    from .data import FASHIONMNIST, load_images
 
     src = bank.source
-    return load_images(src["dataset"], src["split"], src["n"], src["seed"], data_dir)[torch.as_tensor(indices)]
+    pixels = load_images(src["dataset"], src["split"], src["n"], src["seed"], data_dir, id=id or FASHIONMNIST)
+    return pixels[torch.as_tensor(indices)]
 
 
 def layer_channels(model: torch.nn.Module, layer: str) -> int:
@@ -232,12 +233,12 @@ def build_bank(checkpoint, spec: FeatureSpec, n: int | None = 10_000, seed: int 
                embeddings: torch.Tensor | None = None) -> FeatureBank:
     """Embed n ID training images (the first n of a seed-fixed order; None: all) into a bank.
     `embeddings` (already computed the same way, e.g. by the selection protocol) skips the UNet."""
-    from .data import ID_DATASET, load_images, to_model_input
+    from .data import load_images, to_model_input
 
-    source = {"dataset": ID_DATASET, "split": "train", "n": n, "seed": seed}
+    source = {"dataset": checkpoint.data.name, "split": "train", "n": n, "seed": seed}
     if embeddings is None:
         device = next(checkpoint.model.parameters()).device
-        x = to_model_input(load_images(ID_DATASET, "train", n, seed, data_dir)).to(device)
+        x = to_model_input(load_images(checkpoint.data.name, "train", n, seed, data_dir, id=checkpoint.data)).to(device)
         done = 0
 
         def step(k: int) -> None:
@@ -246,18 +247,18 @@ def build_bank(checkpoint, spec: FeatureSpec, n: int | None = 10_000, seed: int 
             if progress:
                 progress(done, len(x))
 
-        embeddings = embed(checkpoint.model, x, spec.t, bank_noise(len(x), spec.t, seed, x.shape[-1]), (spec.layer,),
+        embeddings = embed(checkpoint.model, x, spec.t, bank_noise(len(x), spec.t, seed, x.shape[1:]), (spec.layer,),
                            (spec.pooling,), checkpoint.precision, batch_size, step)[spec.layer, spec.pooling]
     source["n"] = len(embeddings)
     return FeatureBank(spec, embeddings.half(), checkpoint.sha256, source)
 
 
-def bank_noise(n: int, t: int, seed: int, image_size: int = 28) -> torch.Tensor:
+def bank_noise(n: int, t: int, seed: int, image_shape: tuple[int, ...] = (1, 28, 28)) -> torch.Tensor:
     """The noise bank image i gets: a stream of the seed that no score draws from, so a query never
     shares its noise with the bank row of the same index."""
     from .scoring import noise_for
 
-    return noise_for(n, t, seed, image_size, draw=BANK_DRAW)
+    return noise_for(n, t, seed, image_shape, draw=BANK_DRAW)
 
 
 def _embedding_path(cache_dir, checkpoint, name, split, n, t, draw, seed) -> Path:
@@ -295,8 +296,8 @@ def embed_set(checkpoint, name: str, split: str, n: int | None, t: int, draw: in
         if cached is not None:
             return cached
     device = next(checkpoint.model.parameters()).device
-    x = to_model_input(load_images(name, split, n, seed, data_dir)).to(device)
-    out = embed(checkpoint.model, x, t, noise_for(len(x), t, seed, x.shape[-1], draw), LAYERS, POOLINGS,
+    x = to_model_input(load_images(name, split, n, seed, data_dir, id=checkpoint.data)).to(device)
+    out = embed(checkpoint.model, x, t, noise_for(len(x), t, seed, x.shape[1:], draw), LAYERS, POOLINGS,
                 checkpoint.precision, batch_size, progress)
     out = {k: v.half() for k, v in out.items()}
     if cache_dir is not None:

@@ -18,7 +18,8 @@ from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
 from .diffusion import resolve_precision
-from .errors import CheckpointError
+from .data import FASHIONMNIST, IdData
+from .errors import CheckpointError, DiffoodError
 from .files import atomic_save_safetensors, atomic_write_text
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -29,7 +30,25 @@ FORMAT_VERSION = 1
 # AMX Xeon, bf16: 495 -> 752 calls/s after a 31 s first call, even at about 45,000 calls. Zen 4 (AVX-512-bf16,
 # no AMX): 405 -> 439 calls/s after 23-48 s, even only past 120,000-250,000 calls: left eager (README, Performance)
 COMPILE_PAYS_FROM_CALLS = 50_000
-DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "model"  # the shipped, trained model
+DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "model"  # the shipped, trained model: FashionMNIST
+# every shipped model, by its ID set; the app's picker lists them, then the checkpoints under $DIFFOOD_MODELS_DIR
+SHIPPED_MODELS = {"FashionMNIST": DEFAULT_CHECKPOINT, "MNIST": Path(__file__).parent / "assets" / "model-mnist"}
+
+
+def models_dir() -> Path:
+    """Where the app looks for more checkpoints: $DIFFOOD_MODELS_DIR, else ./models."""
+    return Path(os.environ.get("DIFFOOD_MODELS_DIR", "models")).expanduser()
+
+
+def find_checkpoints(folder: str | Path | None = None) -> dict[str, str]:
+    """{checkpoint folder: label}: the shipped models, then every folder with a diffood.json under `folder`
+    (default `models_dir()`), two levels deep at most."""
+    found = {str(p): f"{name} (shipped)" for name, p in SHIPPED_MODELS.items() if (p / META_NAME).is_file()}
+    root = Path(folder) if folder is not None else models_dir()
+    if root.is_dir():
+        for meta in sorted([*root.glob(f"*/{META_NAME}"), *root.glob(f"*/*/{META_NAME}")]):
+            found.setdefault(str(meta.parent), meta.parent.relative_to(root).as_posix())
+    return found
 
 
 @dataclass
@@ -38,6 +57,7 @@ class ModelConfig:
     ~120 img/s on a 2-core CPU; widening only the 7x7 level costs little (benchmarks/throughput.py)."""
 
     image_size: int = 28
+    channels: int = 1  # of the images: 1 grayscale, 3 RGB
     block_out_channels: tuple[int, ...] = (32, 64, 128)
     layers_per_block: int = 1
     attention: tuple[bool, ...] = (False, False, True)  # per resolution level, finest first
@@ -49,8 +69,8 @@ class ModelConfig:
         up = ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(self.attention)]
         return dict(
             sample_size=self.image_size,
-            in_channels=1,
-            out_channels=1,
+            in_channels=self.channels,
+            out_channels=self.channels,
             block_out_channels=tuple(self.block_out_channels),
             layers_per_block=self.layers_per_block,
             down_block_types=tuple(down),
@@ -81,6 +101,12 @@ class CheckpointMeta:
     training_data: str = ""
     training: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    data: dict = field(default_factory=dict)  # data.IdData: the ID spec and what training recorded of it
+
+    @property
+    def id_data(self) -> IdData:
+        """The ID set; a checkpoint without the record is the shipped FashionMNIST model, which predates it."""
+        return IdData.from_dict(self.data) if self.data else FASHIONMNIST
 
 
 @dataclass
@@ -91,15 +117,24 @@ class Checkpoint:
     sha256: str  # of the weights file: identifies the model in evaluation cache keys
     precision: str = "fp32"  # the UNet's, resolved for its device: "fp32" or "bf16"
 
+    @property
+    def data(self) -> IdData:
+        return self.meta.id_data
 
-def save_checkpoint(model: UNet2DModel, folder: str | Path, meta: CheckpointMeta) -> Path:
-    """Write `folder` in diffusers' layout plus `diffood.json`; each file is replaced atomically."""
+
+WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def save_checkpoint(model: UNet2DModel, folder: str | Path, meta: CheckpointMeta, weights: str = "fp32") -> Path:
+    """Write `folder` in diffusers' layout plus `diffood.json`; each file is replaced atomically.
+    `weights="fp16"` stores half the bytes; loading casts back to the model's fp32."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     config = dict(model.config)
     config["_class_name"] = type(model).__name__
-    atomic_save_safetensors(model.state_dict(), folder / WEIGHTS_NAME, metadata={"format": "pt"})
+    state = {k: v.to(WEIGHT_DTYPES[weights]) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    atomic_save_safetensors(state, folder / WEIGHTS_NAME, metadata={"format": "pt"})
     atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True, default=list))
     atomic_write_text(folder / META_NAME, json.dumps(asdict(meta), indent=2))
     return folder
@@ -139,11 +174,16 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", prec
         raise CheckpointError(f"checkpoint {folder}: {META_NAME} has unexpected fields ({e})") from e
     if meta.format_version != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {folder}: format version {meta.format_version}, expected {FORMAT_VERSION}")
-    if config.get("sample_size") != meta.image_size or config.get("in_channels") != 1 or config.get("out_channels") != 1:
+    try:
+        data = meta.id_data
+    except (TypeError, ValueError, DiffoodError) as e:
+        raise CheckpointError(f"checkpoint {folder}: {META_NAME} has an unreadable data record ({e})") from e
+    expected = (meta.image_size, data.channels, data.channels)
+    found = (config.get("sample_size"), config.get("in_channels"), config.get("out_channels"))
+    if found != expected or data.size != meta.image_size:
         raise CheckpointError(
-            f"checkpoint {folder}: config.json (sample_size={config.get('sample_size')}, "
-            f"channels {config.get('in_channels')}->{config.get('out_channels')}) does not match "
-            f"{META_NAME} (image_size={meta.image_size}, 1->1)"
+            f"checkpoint {folder}: config.json (sample_size={found[0]}, channels {found[1]}->{found[2]}) does not "
+            f"match {META_NAME} (image_size={meta.image_size}, data {data.size} px, {data.channels}->{data.channels})"
         )
     try:
         model = UNet2DModel.from_config(config)

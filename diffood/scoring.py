@@ -119,11 +119,11 @@ def draw_column(scores: pd.DataFrame) -> pd.Series:
     return scores["draw"] if "draw" in scores.columns else pd.Series(0, index=scores.index)
 
 
-def noise_for(n: int, t: int, seed: int, image_size: int = 28, draw: int = 0) -> torch.Tensor:
+def noise_for(n: int, t: int, seed: int, image_shape: tuple[int, ...] = (1, 28, 28), draw: int = 0) -> torch.Tensor:
     """The noise image i gets at t in draw `draw`: fixed by (seed, t, draw), the same for every set, so ID
     and OOD images are noised alike and adding a t or a draw never changes scores already computed."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + 1001 * draw + t)  # draw 0: the seed's noise
-    return torch.randn((n, 1, image_size, image_size), generator=g)
+    return torch.randn((n, *image_shape), generator=g)
 
 
 def reconstruction_errors(x0: torch.Tensor, recon: torch.Tensor, lpips: PerceptualDistance | None) -> dict[str, np.ndarray]:
@@ -156,7 +156,7 @@ def score_images(
     frames = []
     for t in ts:
         rows = 1 if shared_noise else n
-        noise = torch.cat([noise_for(rows, t, seed, x0.shape[-1], d).expand(n, -1, -1, -1) for d in draws])
+        noise = torch.cat([noise_for(rows, t, seed, x0.shape[1:], d).expand(n, -1, -1, -1) for d in draws])
         xs = x0.repeat(len(draws), 1, 1, 1)
         _, recon = reconstruct(model, xs, t, scheduler, sampler, steps, torch.Generator().manual_seed(seed + t),
                                batch_size, noise=noise, precision=precision)
@@ -173,7 +173,7 @@ def embed_draws(model: Callable, x0: torch.Tensor, spec: FeatureSpec, draws: Ite
     """Embeddings (draws x N, C) of images x0 under `spec`, draw by draw, noise as in `score_images`."""
     draws, n = list(draws), len(x0)
     rows = 1 if shared_noise else n
-    noise = torch.cat([noise_for(rows, spec.t, seed, x0.shape[-1], d).expand(n, -1, -1, -1) for d in draws])
+    noise = torch.cat([noise_for(rows, spec.t, seed, x0.shape[1:], d).expand(n, -1, -1, -1) for d in draws])
     return embed(model, x0.repeat(len(draws), 1, 1, 1), spec.t, noise, (spec.layer,), (spec.pooling,), precision,
                  batch_size, progress)[spec.layer, spec.pooling]
 

@@ -17,7 +17,7 @@ bank, then the higher worst-proxy AUROC.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import product
 from typing import Callable
 
@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import ID_DATASET
 from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .evaluate import EvalConfig, default_cache_dir, evaluate
 from .features import BANK_DRAW, KS, LAYERS, POOLINGS, FeatureSpec, embed_set, knn_distances
@@ -33,12 +32,10 @@ from .metrics import auroc
 from .model import Checkpoint
 from .scoring import Detector, KnnTerm
 
-PROXIES = ("fashionmnist-vflip", "fashionmnist-hflip", "fashionmnist-invert", "fashionmnist-shuffle",
-           "gaussian-noise", "uniform")
+PROXIES = ("vflip", "hflip", "invert", "shuffle", "gaussian-noise", "uniform")  # built from the ID set
 CANDIDATE_TS = (500, 600, 700, 800, 900)
 METRIC_SETS = (("mse",), ("lpips",), ("mse", "lpips"))
 FEATURE_TS = (1, 10, 25, 50, 100, 200, 300)
-TRAIN_SIZE = 58_000  # FashionMNIST training images outside the validation split
 
 
 @dataclass
@@ -67,6 +64,10 @@ class SelectConfig:
     data_dir: str | None = None
     cache_dir: str | None = None
     device: str | None = None
+
+    def for_checkpoint(self, checkpoint: Checkpoint) -> "SelectConfig":
+        """Proxy names made full for the checkpoint's ID set ("vflip" -> "<id>-vflip")."""
+        return replace(self, proxies=tuple(checkpoint.data.resolve(p) for p in self.proxies))
 
     def eval_config(self) -> EvalConfig:
         return EvalConfig(checkpoint=self.checkpoint, ood=tuple(self.proxies), ts=tuple(self.ts), multi_ts=None,
@@ -114,7 +115,7 @@ def _recon_candidates(cfg: SelectConfig, checkpoint, progress) -> list[tuple[dic
 def _feature_candidates(cfg: SelectConfig, checkpoint, progress) -> list[tuple[dict, dict]]:
     """(settings, z-scores per set) of every feature candidate. Embeddings are cached on disk."""
     cache = cfg.cache_dir or default_cache_dir()
-    sets = {"val": (ID_DATASET, "val", cfg.n_ref + cfg.n_id), **{p: (p, "test", cfg.n_proxy) for p in cfg.proxies}}
+    sets = {"val": (checkpoint.data.name, "val", cfg.n_ref + cfg.n_id), **{p: (p, "test", cfg.n_proxy) for p in cfg.proxies}}
     n_bank = max(cfg.bank_sizes)
     total = len(cfg.feature_ts) * (n_bank + cfg.max_feature_draws * sum(n for *_, n in sets.values()))
     done = 0
@@ -127,7 +128,7 @@ def _feature_candidates(cfg: SelectConfig, checkpoint, progress) -> list[tuple[d
 
     out = []
     for t in cfg.feature_ts:
-        bank = embed_set(checkpoint, ID_DATASET, "train", n_bank, t, BANK_DRAW, cfg.seed, cfg.data_dir, cache, progress=step)
+        bank = embed_set(checkpoint, checkpoint.data.name, "train", n_bank, t, BANK_DRAW, cfg.seed, cfg.data_dir, cache, progress=step)
         queries = {s: [embed_set(checkpoint, name, split, n, t, d, cfg.seed, cfg.data_dir, cache, progress=step)
                        for d in range(cfg.max_feature_draws)] for s, (name, split, n) in sets.items()}
         for layer, pooling in product(cfg.layers, cfg.poolings):
@@ -147,11 +148,12 @@ def _feature_candidates(cfg: SelectConfig, checkpoint, progress) -> list[tuple[d
 def score_candidates(cfg: SelectConfig, checkpoint: Checkpoint | None = None,
                      progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
     """One row per candidate: its settings, network calls per image, AUROC per proxy, mean and worst."""
-    recon = _recon_candidates(cfg, checkpoint, progress)
     if checkpoint is None:
         from .model import DEFAULT_CHECKPOINT, load_checkpoint
         checkpoint = load_checkpoint(cfg.checkpoint or DEFAULT_CHECKPOINT, precision=cfg.precision,
                                      device=cfg.device or "cpu")
+    cfg = cfg.for_checkpoint(checkpoint)
+    recon = _recon_candidates(cfg, checkpoint, progress)
     feats = _feature_candidates(cfg, checkpoint, progress) if cfg.feature_ts else []
     scored = [(s, z, _row(s, z, cfg.proxies)) for s, z in recon + feats]
     rows = [row for *_, row in scored]

@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .data import FASHIONMNIST_TRAIN_SIZE, ID_DATASET, VAL_SIZE, load_images, to_model_input
+from .data import IdData, default_ood, describe_data, download_allowed, resolve_data_dir, to_model_input
+from .datasets import DataSpec, load_split
 from .diffusion import add_noise, default_device, make_scheduler
 from .errors import CheckpointError
 from .files import atomic_save_safetensors, atomic_write_text
@@ -36,6 +37,7 @@ LOG_FIELDS = ["step", "images_seen", "epoch", "loss", "lr", "elapsed_s", "img_pe
 @dataclass
 class TrainConfig:
     run_dir: str = "runs/fashionmnist-default"
+    data: DataSpec = field(default_factory=DataSpec)  # the ID set; its size and channels are the model's
     model: ModelConfig = field(default_factory=ModelConfig)
     epochs: float = 20.0  # fixes the length of the learning-rate schedule
     batch_size: int = 128  # global, over all ranks
@@ -59,7 +61,8 @@ class TrainConfig:
         d = dict(d)
         m = d.pop("model")
         m = {k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}
-        return cls(model=ModelConfig(**m), **d)
+        data = DataSpec.from_dict(d.pop("data", {}))  # runs from before data specs trained on FashionMNIST
+        return cls(model=ModelConfig(**m), data=data, **d)
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -94,7 +97,16 @@ class Trainer:
         if cfg.batch_size % self.world:
             raise ValueError(f"batch size {cfg.batch_size} does not split over {self.world} ranks")
 
-        self.images = load_images(ID_DATASET, "train", None, 0, cfg.data_dir, download=None)
+        if (cfg.model.image_size, cfg.model.channels) != (cfg.data.image_size, cfg.data.channels):
+            raise ValueError(f"the model is built for {cfg.model.image_size} px x {cfg.model.channels} channels, "
+                             f"the data is {cfg.data.image_size} px x {cfg.data.channels}")
+        train = load_split(cfg.data, "train", resolve_data_dir(cfg.data_dir), download_allowed())
+        self.images = train.pixels
+        self.data_info = asdict(describe_data(cfg.data, train))
+        if cfg.limit_images:
+            self.data_info["train_images"] = min(cfg.limit_images, len(train.pixels))
+        for note in train.notes:
+            print(note)
         if cfg.limit_images:
             self.images = self.images[: cfg.limit_images]
         self.steps_per_epoch = len(self.images) // cfg.batch_size
@@ -130,7 +142,7 @@ class Trainer:
         for i, s in opt["state"].items():
             tensors.update({f"opt.{i}.{k}": torch.as_tensor(v) for k, v in s.items()})
         atomic_save_safetensors(tensors, self.run_dir / "state.safetensors")
-        state = {"step": self.step, "elapsed_s": self.elapsed, "config": asdict(self.cfg),
+        state = {"step": self.step, "elapsed_s": self.elapsed, "config": asdict(self.cfg), "data": self.data_info,
                  "param_groups": opt["param_groups"]}
         atomic_write_text(self.run_dir / "state.json", json.dumps(state, indent=2))
 
@@ -244,15 +256,17 @@ class Trainer:
         if self.step > start_step and self.rank == 0:
             print(f"stopped at step {self.step}/{self.total_steps}; state in {self.run_dir}")
 
-    def export(self, folder: str | Path) -> Path:
+    def export(self, folder: str | Path, weights: str = "fp32") -> Path:
         """Write the EMA weights as a diffusers-layout checkpoint with our diffood.json."""
-        return _export(self.ema, self.cfg, self.step, self.elapsed, len(self.images), self.device, folder)
+        return _export(self.ema, self.cfg, self.step, self.elapsed, IdData.from_dict(self.data_info), self.device,
+                       folder, weights)
 
 
-def _export(ema: torch.nn.Module, cfg: TrainConfig, step: int, elapsed: float, n_images: int, device, folder) -> Path:
+def _export(ema: torch.nn.Module, cfg: TrainConfig, step: int, elapsed: float, data: IdData, device, folder,
+            weights: str = "fp32") -> Path:
     log = Path(cfg.run_dir) / "train_log.csv"
     rows = list(csv.DictReader(open(log))) if log.exists() else []
-    steps_per_epoch = n_images // cfg.batch_size
+    steps_per_epoch = data.train_images // cfg.batch_size
     training = {
         "parameters": count_parameters(ema),
         "model_config": asdict(cfg.model),
@@ -263,17 +277,23 @@ def _export(ema: torch.nn.Module, cfg: TrainConfig, step: int, elapsed: float, n
         "wall_time_s": round(elapsed, 1),
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads"
         + (f", {torch.cuda.get_device_name()}" if torch.device(device).type == "cuda" else ""),
-        # where the run lived on the machine that trained it is no business of the checkpoint's
-        "train_config": {**asdict(cfg), "run_dir": Path(cfg.run_dir).name, "data_dir": None},
+        "weights": weights,
+        # where the run and its data lived on the machine that trained it is no business of the checkpoint's
+        "train_config": {**asdict(cfg), "run_dir": Path(cfg.run_dir).name, "data_dir": None,
+                         "data": asdict(cfg.data.recorded())},
     }
+    held = "a held-out validation split" if data.spec.is_torchvision else "held-out validation and test splits"
     meta = CheckpointMeta(
-        training_data=f"FashionMNIST train minus a held-out validation split of {VAL_SIZE} ({n_images} images)",
+        image_size=data.size,
+        training_data=f"{data.label} train minus {held} of {data.spec.val_size if data.spec.is_torchvision else 'a tenth each'}"
+                      f" ({data.train_images} images)",
         training=training,
+        data=asdict(data),
     )
-    return save_checkpoint(ema, folder, meta)
+    return save_checkpoint(ema, folder, meta, weights)
 
 
-def export_run(run_dir: str | Path, folder: str | Path) -> tuple[int, Path]:
+def export_run(run_dir: str | Path, folder: str | Path, weights: str = "fp32") -> tuple[int, Path]:
     """A run's EMA weights -> a checkpoint folder, from its state files alone (no data set needed).
     Returns (step, folder)."""
     from safetensors.torch import load_file
@@ -283,6 +303,10 @@ def export_run(run_dir: str | Path, folder: str | Path) -> tuple[int, Path]:
         state = json.loads((run_dir / "state.json").read_text())
         cfg = TrainConfig.from_dict(state["config"])
         tensors = load_file(run_dir / "state.safetensors")
+        # runs from before data records trained on FashionMNIST minus its validation images
+        recorded = {"spec": asdict(cfg.data.recorded()), "default_ood": default_ood(cfg.data), **state["data"]}
+        data = IdData.from_dict(recorded) if "data" in state else IdData(
+            train_images=min(cfg.limit_images or 58_000, 58_000))
     except FileNotFoundError:
         raise
     except Exception as e:  # unreadable JSON, missing keys, corrupt safetensors
@@ -290,12 +314,11 @@ def export_run(run_dir: str | Path, folder: str | Path) -> tuple[int, Path]:
     cfg.run_dir = str(run_dir)
     ema = build_unet(cfg.model)
     ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    n_images = min(cfg.limit_images or FASHIONMNIST_TRAIN_SIZE, FASHIONMNIST_TRAIN_SIZE - VAL_SIZE)
-    return state["step"], _export(ema, cfg, state["step"], state["elapsed_s"], n_images, "cpu", folder)
+    return state["step"], _export(ema, cfg, state["step"], state["elapsed_s"], data, "cpu", folder, weights)
 
 
 def run(cfg: TrainConfig, resume: bool = False, max_steps=None, max_minutes=None, export_dir=None,
-        device=None, progress=True) -> Trainer:
+        device=None, progress=True, weights: str = "fp32") -> Trainer:
     """What `python -m diffood train` does: build or resume, train, save, export at the end."""
     state = Path(cfg.run_dir) / "state.json"
     if resume:
@@ -315,7 +338,7 @@ def run(cfg: TrainConfig, resume: bool = False, max_steps=None, max_minutes=None
               f"{trainer.total_steps} steps of {cfg.batch_size}; device {trainer.device}, world {trainer.world}")
     trainer.train(max_steps=max_steps, max_minutes=max_minutes, progress=progress)
     if export_dir and trainer.rank == 0:
-        trainer.export(export_dir)
+        trainer.export(export_dir, weights)
         print(f"exported EMA weights to {export_dir}")
     if trainer.distributed:
         dist.barrier()

@@ -128,7 +128,7 @@ def judge_entries(entries, checkpoint: Checkpoint, reference: Reference, sampler
         error = e.error
         if error is None:
             try:
-                good.append((len(rows), load_user_image(e.data, invert=invert)))
+                good.append((len(rows), load_user_image(e.data, invert=invert, id=checkpoint.data)))
             except DiffoodError as err:
                 error = str(err)
         rows.append({"file": e.name, "score": np.nan, "percentile": np.nan, "verdict": "error",

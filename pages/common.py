@@ -15,7 +15,6 @@ import numpy as np
 import streamlit as st
 import torch
 
-from diffood.data import ID_DATASET, OOD_SETS
 from diffood.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, STEPPED, default_device, resolve_precision
 from diffood.errors import DiffoodError
 from diffood.evaluate import (
@@ -28,7 +27,7 @@ from diffood.evaluate import (
     evaluate,
     table_status,
 )
-from diffood.model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
+from diffood.model import DEFAULT_CHECKPOINT, Checkpoint, find_checkpoints, load_checkpoint
 from diffood.perceptual import get_lpips, lpips_status
 
 APP = Path(__file__).parents[1] / "app.py"
@@ -69,10 +68,11 @@ def page(name: str) -> st.Page:
     return st.Page(f"pages/{name}.py", title=title, icon=icon, url_path=url_path, default=url_path is None)
 
 
-DATASET_LABELS = {ID_DATASET: "FashionMNIST (ID)", **{k: k for k in OOD_SETS}}
 DEFAULTS = {
-    "checkpoint": os.environ.get("DIFFOOD_CHECKPOINT", str(DEFAULT_CHECKPOINT)),
-    "ood": "mnist",
+    "checkpoint": str(Path(os.environ.get("DIFFOOD_CHECKPOINT", DEFAULT_CHECKPOINT)).expanduser()),
+    "ood": None,  # the checkpoint's default OOD set
+    "extra_models": [],
+    "extra_ood": [],
     "sampler": DEFAULT_SAMPLER,
     "steps": DEFAULT_STEPS,
     "seed": 0,
@@ -95,8 +95,20 @@ def sidebar() -> None:
     _init_state()
     with st.sidebar:
         st.header("Settings")
-        st.text_input("Checkpoint folder", key="checkpoint", help="A diffusers-layout folder with diffood.json")
-        st.selectbox("OOD set", list(OOD_SETS), key="ood", format_func=lambda k: f"{k}: {OOD_SETS[k]}")
+        models = {**find_checkpoints(), **{p: p for p in st.session_state["extra_models"]}}
+        models.setdefault(st.session_state["checkpoint"], st.session_state["checkpoint"])
+        st.selectbox("Model", list(models), key="checkpoint", format_func=models.get,
+                     help="The shipped models, the checkpoints under $DIFFOOD_MODELS_DIR (default ./models), "
+                          "and any folder added below")
+        st.text_input("Add a checkpoint folder", key="model_folder", on_change=_add_choice,
+                      args=("model_folder", "extra_models", "checkpoint"), placeholder="path/to/checkpoint",
+                      help="A diffusers-layout folder with diffood.json, e.g. from `python -m diffood export`")
+        sets = ood_sets()
+        if st.session_state["ood"] not in sets:
+            st.session_state["ood"] = next(iter(sets))
+        st.selectbox("OOD set", list(sets), key="ood", format_func=lambda k: f"{k}: {sets[k]}")
+        st.text_input("Add an OOD folder or .zip", key="ood_folder", on_change=_add_choice,
+                      args=("ood_folder", "extra_ood", "ood"), placeholder="path/to/images")
         st.selectbox("Sampler", list(SAMPLERS), key="sampler", help="\n\n".join(f"**{k}**: {v}" for k, v in SAMPLERS.items()))
         st.number_input("Steps", 1, 100, key="steps", disabled=st.session_state["sampler"] not in STEPPED,
                         help=f"Network calls per reconstruction for {' and '.join(STEPPED)}")
@@ -108,6 +120,31 @@ def sidebar() -> None:
         st.caption(f"Device: **{device_name()}**")
         status = lpips_status()
         st.caption((":material/check_circle: " if status.available else ":material/warning: ") + str(status))
+
+
+def _add_choice(field: str, extras: str, target: str) -> None:
+    """A path typed into `field` becomes an option of the `target` select box, chosen."""
+    value = st.session_state[field].strip()
+    if value:
+        st.session_state[extras] = [*st.session_state[extras], value]
+        st.session_state[target] = value
+    st.session_state[field] = ""
+
+
+def ood_sets() -> dict[str, str]:
+    """The OOD sets the chosen model offers, its default first, then the folders added in the sidebar."""
+    try:
+        data = load_model(checkpoint_path()).data
+    except DiffoodError:  # the page says why when it loads the model
+        return {"uniform": "uniform pixel noise"}
+    sets = data.ood_sets()
+    first = {data.default_ood: sets.get(data.default_ood, data.default_ood)}
+    return {**first, **sets, **{p: "a folder of images" for p in st.session_state["extra_ood"]}}
+
+
+def dataset_label(data, name: str) -> str:
+    """How a page names a set: the ID set by its label, OOD sets by name."""
+    return f"{data.label} (ID)" if name == data.name else name
 
 
 def device_name() -> str:
@@ -183,14 +220,16 @@ def evaluation(cfg: EvalConfig) -> EvalResult | None:
 
 
 def to_display(x: torch.Tensor, scale: int = 4) -> np.ndarray:
-    """A [0, 1] image (1, H, W) -> uint8 (H*scale, W*scale), upscaled without blur."""
-    a = (x.squeeze(0).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    """A [0, 1] image (C, H, W) -> uint8 (H*scale, W*scale), or (.., 3) for RGB, upscaled without blur."""
+    a = (x.clamp(0, 1).cpu().float().numpy() * 255).round().astype(np.uint8)
+    a = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
     return a.repeat(scale, 0).repeat(scale, 1)
 
 
 def heat(err: torch.Tensor, scale: int = 4) -> np.ndarray:
-    """|error| in [0, 1] -> an RGB 'hot' map (black, red, yellow, white), upscaled."""
-    e = err.squeeze(0).clamp(0, 1).cpu().numpy()
+    """|error| (C, H, W) in [0, 1], averaged over colour channels -> an RGB 'hot' map (black, red, yellow,
+    white), upscaled."""
+    e = err.mean(0).clamp(0, 1).cpu().numpy()
     rgb = np.stack([np.clip(3 * e, 0, 1), np.clip(3 * e - 1, 0, 1), np.clip(3 * e - 2, 0, 1)], -1)
     return (rgb * 255).round().astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
 
@@ -220,7 +259,7 @@ def evaluation_controls() -> None:
         st.multiselect("t combined into multi-t (none chosen: all)", sorted({*range(25, 1000, 25), *DEFAULT_TS}),
                        key="multi_ts", help="Below t = 500 the error mostly tracks how much ink an image has")
         st.select_slider("Images per set", [100, 250, 500, 1000, 2000], key="eval_n",
-                         help="FashionMNIST test and OOD images; 500 ID validation images set the z-score statistics")
+                         help="ID test and OOD images; 500 ID validation images set the z-score statistics")
         if not st.session_state["eval_ts"]:
             st.warning("Choose at least one t.")
             st.stop()

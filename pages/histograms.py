@@ -7,7 +7,7 @@ import streamlit as st
 from diffood.diffusion import sampler_name
 from diffood.metrics import auroc, rates_at_threshold, threshold_at_tpr
 from diffood.scoring import METRICS
-from pages.common import evaluated_tables, through_app
+from pages.common import checkpoint, evaluated_tables, through_app
 
 through_app()
 
@@ -41,7 +41,7 @@ thr = st.slider("Threshold (score above it = OOD)", lo, hi, float(np.clip(defaul
 id_ok, ood_ok = rates_at_threshold(id_s, ood_s, thr)
 
 fig = go.Figure()
-fig.add_histogram(x=id_s, name="FashionMNIST test (ID)", opacity=0.6, histnorm="probability density", nbinsx=60)
+fig.add_histogram(x=id_s, name=f"{checkpoint().data.label} test (ID)", opacity=0.6, histnorm="probability density", nbinsx=60)
 fig.add_histogram(x=ood_s, name=f"{ood} (OOD)", opacity=0.6, histnorm="probability density", nbinsx=60)
 fig.add_vline(x=thr, line_dash="dash", annotation_text="threshold")
 fig.update_layout(barmode="overlay", title=f"{label}: AUROC {auroc(id_s, ood_s):.3f}", xaxis_title="score (higher = more OOD)",

@@ -11,24 +11,29 @@ through_app()
 
 st.title("diffood: out-of-distribution detection by diffusion reconstruction")
 
+ckpt = checkpoint()
+data = ckpt.data
 left, right = st.columns([3, 2])
 with left:
     st.markdown(
-        """
-A denoising diffusion model learns **one** distribution: here FashionMNIST clothing. To judge an
-image we **noise** it to a timestep *t*, let the model **reconstruct** it, and measure how far the
+        f"""
+A denoising diffusion model learns **one** distribution: here **{data.label}**
+({data.train_images:,} training images, {data.size} × {data.size} px, {'grayscale' if data.channels == 1 else 'RGB'}).
+To judge an image we **noise** it to a timestep *t*, let the model **reconstruct** it, and measure how far the
 reconstruction lands from the original: pixel MSE plus LPIPS, a perceptual distance on ImageNet
 AlexNet features.
 
 * In-distribution images come back close to themselves.
-* Out-of-distribution images (MNIST digits here) come back **as clothes**, so their error is larger.
+* Out-of-distribution images (here **{data.default_ood}** by default) come back **as {data.label} images**, so
+  their error is larger.
 * Too small a *t* and everything reconstructs perfectly; too large and nothing of the input is left.
   Averaging the z-scored errors over several *t* (Graham et al., CVPR-W 2023) avoids picking one.
 * The same model also judges an image by its **own features**: noised lightly, run through the UNet
   once, an image lands near the training images it resembles. The **default score** is the distance to
   the nearest training image in that space (one network call), chosen over reconstruction errors and
   their combinations on proxy OOD sets made from the ID data alone (flipped, inverted, patch-shuffled,
-  noise), never on MNIST: `python -m diffood select`. The reconstruction score stays beside it.
+  noise), never on the OOD set it is reported on: `python -m diffood select`. The reconstruction score
+  stays beside it. Pick another model, or add your own checkpoint, in the sidebar.
 """
     )
     st.page_link(page("reconstruct"), label="Reconstruct: drag *t*, see what the model makes of each image", icon=":material/autorenew:")
@@ -36,11 +41,10 @@ AlexNet features.
     st.page_link(page("roc"), label="ROC / AUROC vs t: where detection works; the default score, multi-*t* and the best single *t*", icon=":material/show_chart:")
     st.page_link(page("upload"), label="Score your images: upload one, many or a .zip and get verdicts", icon=":material/image_search:")
 
-ckpt = checkpoint()
 with right:
     samples = ckpt.path / "samples.png"
     if samples.is_file():
-        st.image(str(samples), caption="Samples generated from pure noise: what the model believes clothing looks like",
+        st.image(str(samples), caption=f"Samples generated from pure noise: what the model believes {data.label} looks like",
                  width="stretch")
     else:
         st.info("This checkpoint has no samples.png.")
@@ -52,6 +56,9 @@ card = {
     f"channels {tuple(ckpt.model.config.block_out_channels)}, blocks {', '.join(ckpt.model.config.down_block_types)}",
     "Schedule": f"{ckpt.meta.beta_schedule} (cosine), T = {ckpt.meta.num_train_timesteps}, {ckpt.meta.prediction_type} prediction",
     "Data": ckpt.meta.training_data or "not recorded",
+    "Classes": ", ".join(data.classes) or "none recorded",
+    "Uploads": f"fitted to {data.size} × {data.size} {'grayscale' if data.channels == 1 else 'RGB'}, aspect kept"
+               + (", inverted when their background is light" if data.invert_uploads else ""),
     "Training": (f"{tr['images_seen']:,} images seen ({tr['epochs']} epochs), final loss {tr['final_loss']}, "
                  f"{tr['wall_time_s'] / 3600:.1f} h on {tr['hardware']}") if tr.get("images_seen") else "not recorded",
     "Checkpoint": f"{ckpt.path} (sha256 {ckpt.sha256[:12]}…)",

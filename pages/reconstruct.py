@@ -3,11 +3,11 @@
 import streamlit as st
 import torch
 
-from diffood.data import ID_DATASET, load_images, to_model_input, to_pixels
+from diffood.data import load_images, to_model_input, to_pixels
 from diffood.diffusion import make_scheduler, reconstruct
 from diffood.errors import DiffoodError
 from diffood.scoring import noise_for, reconstruction_errors
-from pages.common import DATASET_LABELS, checkpoint, heat, load_model, lpips_net, strip, to_display, through_app
+from pages.common import checkpoint, dataset_label, heat, load_model, lpips_net, strip, to_display, through_app
 
 through_app()
 
@@ -20,12 +20,12 @@ st.caption("Each row: original · noised x_t · reconstruction · |error| (black
 def reconstructions(path: str, sha: str, dataset: str, n: int, t: int, sampler: str, steps: int, seed: int):
     ckpt = load_model(path)
     device = next(ckpt.model.parameters()).device
-    x0 = to_model_input(load_images(dataset, "test", n, seed)).to(device)
+    x0 = to_model_input(load_images(dataset, "test", n, seed, id=ckpt.data)).to(device)
     xt, rec = reconstruct(ckpt.model, x0, t, make_scheduler(), sampler, steps, torch.Generator().manual_seed(seed + t),
-                          noise=noise_for(n, t, seed), precision=ckpt.precision)
+                          noise=noise_for(len(x0), t, seed, x0.shape[1:]), precision=ckpt.precision)
     errors = reconstruction_errors(x0, rec, lpips_net())
     rows = []
-    for i in range(n):
+    for i in range(len(x0)):
         a, b = to_pixels(x0[i]), to_pixels(rec[i])
         rows.append(strip([to_display(a), to_display(to_pixels(xt[i])), to_display(b), heat((a - b).abs())]))
     return rows, errors
@@ -39,9 +39,9 @@ n = st.select_slider("Images per set", [4, 8, 12, 16], value=8, key="recon_n")
 @st.fragment
 def view() -> None:
     t = st.slider("Timestep t (0 = clean, 1000 = pure noise)", 0, 999, 500, step=1, key="recon_t")
-    for col, dataset in zip(st.columns(2), [ID_DATASET, s["ood"]]):
+    for col, dataset in zip(st.columns(2), [ckpt.data.name, s["ood"]]):
         with col:
-            st.subheader(DATASET_LABELS[dataset])
+            st.subheader(dataset_label(ckpt.data, dataset))
             try:
                 rows, err = reconstructions(str(ckpt.path), ckpt.sha256, dataset, n, t, s["sampler"], int(s["steps"]), int(s["seed"]))
             except DiffoodError as e:

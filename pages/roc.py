@@ -7,7 +7,7 @@ import streamlit as st
 from diffood.evaluate import COMBINED, DEFAULT, FEATURES, MULTI_T, RECONSTRUCTION
 from diffood.metrics import roc_curve
 from diffood.scoring import METRICS
-from pages.common import evaluated_tables, through_app
+from pages.common import checkpoint, evaluated_tables, through_app
 
 through_app()
 
@@ -49,7 +49,7 @@ for name, dash in ((DEFAULT, "solid"), (MULTI_T, "dash")):
                       annotation_text=f"{name}: {float(combined.loc[name, 'auroc']):.3f}",
                       annotation_position="top right" if name == DEFAULT else "bottom right")
 fig.add_hline(y=0.5, line_dash="dot", line_color="gray", annotation_text="chance")
-fig.update_layout(title=f"AUROC vs t: FashionMNIST vs {ood}", xaxis_title="t", yaxis_title="AUROC", yaxis_range=[0, 1.02])
+fig.update_layout(title=f"AUROC vs t: {checkpoint().data.label} vs {ood}", xaxis_title="t", yaxis_title="AUROC", yaxis_range=[0, 1.02])
 st.plotly_chart(fig, config=png)
 
 fig = go.Figure()

@@ -10,7 +10,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from diffood.data import ID_DATASET, load_images, load_user_image, to_pixels
+from diffood.data import load_images, load_user_image, to_pixels
 from diffood.diffusion import make_scheduler, reconstruct
 from diffood.errors import DiffoodError
 from diffood.evaluate import RECONSTRUCTION
@@ -24,23 +24,25 @@ through_app()
 
 TYPES = sorted(s.lstrip(".") for s in IMAGE_SUFFIXES) + ["zip"]
 
+ckpt = checkpoint()
+data = ckpt.data
 st.title("Score your image")
-st.caption("Any image works: it is turned to grayscale, its aspect kept, padded to 28 × 28, and inverted when its "
-           "background is light, so the object is bright on dark as in FashionMNIST. Several files or a .zip "
-           "archive give a table.")
+st.caption(f"Any image works: it is turned to {'grayscale' if data.channels == 1 else 'RGB'}, its aspect kept, padded "
+           f"to {data.size} × {data.size}"
+           + (f", and inverted when its background is light, so the object is bright on dark as in {data.label}"
+              if data.invert_uploads else "") + ". Several files or a .zip archive give a table.")
 
 
-def _png(array: np.ndarray) -> bytes:
+def _png(image: torch.Tensor) -> bytes:
+    """uint8 (C, S, S) -> PNG bytes."""
+    array = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
 
 
-def example(name: str) -> bytes:
-    if name == "noise":
-        return _png(load_images("uniform", "test", 1, seed=0)[0].numpy())
-    dataset = ID_DATASET if name.startswith("FashionMNIST") else "mnist"
-    return _png(load_images(dataset, "test", 1, seed=0)[0].numpy())
+def example(dataset: str) -> bytes:
+    return _png(load_images(dataset, "test", 1, seed=0, id=data)[0])
 
 
 @st.cache_data(show_spinner="Scoring…", max_entries=64)
@@ -49,23 +51,23 @@ def score_one(data: bytes, invert: bool | None, path: str, sha: str, sampler: st
     """The verdict on one image, and the reconstruction evidence beside it: `_evidence` (the reconstruction
     score) judged too when the default score is another, and the reconstructions at its t."""
     ckpt = load_model(path)
-    x = load_user_image(data, invert=invert)
+    x = load_user_image(data, invert=invert, id=ckpt.data)
     verdict = judge(x, ckpt, _reference, sampler, steps, seed, lpips_net(), neighbours=5)[0]
     evidence = verdict if _evidence is _reference else judge(x, ckpt, _evidence, sampler, steps, seed, lpips_net())[0]
     device = next(ckpt.model.parameters()).device
     recons = {}
     for t in _evidence.ts:
         _, rec = reconstruct(ckpt.model, x.to(device), t, make_scheduler(), sampler, steps,
-                             torch.Generator().manual_seed(seed + t), noise=noise_for(1, t, seed), precision=ckpt.precision)
+                             torch.Generator().manual_seed(seed + t), noise=noise_for(1, t, seed, x.shape[1:]), precision=ckpt.precision)
         recons[t] = to_display(to_pixels(rec[0]))
     return to_display(to_pixels(x[0]), 6), recons, verdict, evidence
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def neighbour_images(fingerprint: str, indices: tuple[int, ...], _bank: FeatureBank) -> tuple[list[np.ndarray], str]:
+def neighbour_images(fingerprint: str, indices: tuple[int, ...], _bank: FeatureBank, _id) -> tuple[list[np.ndarray], str]:
     """The bank's training images at `indices` for display, or none and the reason."""
     try:
-        return [to_display(img[None].float() / 255, 4) for img in bank_images(_bank, list(indices))], ""
+        return [to_display(img.float() / 255, 4) for img in bank_images(_bank, list(indices), id=_id)], ""
     except DiffoodError as e:
         return [], str(e)
 
@@ -75,7 +77,7 @@ def nearest_images(verdict, reference: Reference) -> None:
     bank, knn = reference.bank, reference.detector.knn
     st.markdown("**Its nearest ID training images in the model's own feature space**")
     near = verdict.neighbours
-    images, reason = neighbour_images(bank.fingerprint(), tuple(int(i) for i in near["bank_index"]), bank)
+    images, reason = neighbour_images(bank.fingerprint(), tuple(int(i) for i in near["bank_index"]), bank, data)
     for i, (col, row) in enumerate(zip(st.columns(len(near)), near.itertuples())):
         if images:
             col.image(images[i], caption=f"#{i + 1}: distance {row.distance:.4f}", width=112)
@@ -97,7 +99,7 @@ def reconstruction_evidence(evidence, reference: Reference, shown, recons, separ
         f": the {reference.name} score alone says *{evidence.label}* ({evidence.score:+.2f}, ID validation "
         f"percentile {evidence.percentile:.1f})" if separate else ""))
     cols = st.columns(1 + len(recons))
-    cols[0].image(shown, caption="input, as the model sees it (28 × 28)")
+    cols[0].image(shown, caption=f"input, as the model sees it ({data.size} × {data.size})")
     for col, (t, img) in zip(cols[1:], recons.items()):
         col.image(img, caption=f"reconstruction from t = {t} (first draw)", width=168)
     if len(evidence.per_t):
@@ -107,7 +109,7 @@ def reconstruction_evidence(evidence, reference: Reference, shown, recons, separ
 
 def id_histogram(reference: Reference, marks: dict[str, float], title: str) -> go.Figure:
     fig = go.Figure()
-    fig.add_histogram(x=reference.val_scores, name="FashionMNIST validation", nbinsx=40, opacity=0.7)
+    fig.add_histogram(x=reference.val_scores, name=f"{data.label} validation", nbinsx=40, opacity=0.7)
     fig.add_vline(x=reference.threshold, line_dash="dash", annotation_text="threshold")
     for name, value in marks.items():
         fig.add_vline(x=value, line_color="red", line_width=2 if len(marks) > 1 else 3,
@@ -117,10 +119,12 @@ def id_histogram(reference: Reference, marks: dict[str, float], title: str) -> g
     return fig
 
 
-ckpt = checkpoint()
 s = st.session_state
-source = st.radio("Image", ["Upload files", "Example: FashionMNIST item", "Example: MNIST digit", "Example: noise"],
-                  horizontal=True, key="upload_source")
+examples = {f"Example: {data.label} image": data.name, f"Example: {data.default_ood} image": data.default_ood,
+            "Example: noise": "uniform"}
+if s.get("upload_source") not in ["Upload files", *examples]:  # the examples of another model
+    s["upload_source"] = "Upload files"
+source = st.radio("Image", ["Upload files", *examples], horizontal=True, key="upload_source")
 if source == "Upload files":
     uploads = st.file_uploader("Images or .zip archives", type=TYPES, accept_multiple_files=True, key="upload_file")
     if not uploads:
@@ -128,15 +132,22 @@ if source == "Upload files":
         st.stop()
     entries = [e for up in uploads for e in expand(up.name, up.getvalue())]
 else:
-    entries = [Entry(source, example(source.split(": ")[1]))]
-invert_choice = st.radio("Invert", ["auto (light background → invert)", "never", "always"], horizontal=True, key="upload_invert")
-invert = {"never": False, "always": True}.get(invert_choice)
+    try:
+        entries = [Entry(source, example(examples[source]))]
+    except DiffoodError as e:
+        st.error(f"{source}: {e}")
+        st.stop()
+invert = None
+if data.channels == 1:
+    invert_choice = st.radio("Invert", ["auto (light background → invert)" if data.invert_uploads else "auto (never)",
+                                        "never", "always"], horizontal=True, key="upload_invert")
+    invert = {"never": False, "always": True}.get(invert_choice)
 
 if len(entries) == 1:  # a bad file is reported before anything else runs
     try:
         if entries[0].error:
             raise DiffoodError(entries[0].error)
-        load_user_image(entries[0].data, invert=invert)
+        load_user_image(entries[0].data, invert=invert, id=data)
     except DiffoodError as e:
         st.error(f"{entries[0].name}: {e}")
         st.stop()
@@ -155,7 +166,7 @@ if len(entries) == 1:
             f"{'above' if verdict.is_ood else 'at or below'} the threshold {verdict.threshold:+.2f}; "
             f"higher than {verdict.percentile:.1f} % of ID validation images.")
     (st.error if verdict.is_ood else st.success)(text)
-    st.caption(f"The threshold accepts {TARGET_TPR:.0%} of the {len(reference.val_scores)} FashionMNIST validation images "
+    st.caption(f"The threshold accepts {TARGET_TPR:.0%} of the {len(reference.val_scores)} {data.label} validation images "
                f"(95 % TPR). Score: {reference.detector.describe()}.")
     left, right = st.columns([3, 2])
     with right:
@@ -191,4 +202,4 @@ if len(bad):
 if len(scored):
     st.plotly_chart(id_histogram(reference, dict(zip(scored["file"], scored["score"])), "Where these images land among ID images"))
 st.caption(f"The threshold {reference.threshold:+.2f} accepts {TARGET_TPR:.0%} of the {len(reference.val_scores)} "
-           f"FashionMNIST validation images. Score: {reference.detector.describe()}.")
+           f"{data.label} validation images. Score: {reference.detector.describe()}.")

@@ -56,7 +56,7 @@ def test_every_page_runs_and_the_sidebar_persists(app):
         goto(app, page)
         _ok(app)
         assert app.session_state["ood"] == "fashionmnist-vflip"  # kept across pages
-        assert app.sidebar.text_input(key="checkpoint").value == app.session_state["checkpoint"]
+        assert app.sidebar.selectbox(key="checkpoint").value == app.session_state["checkpoint"]
 
 
 def test_moving_the_t_slider_changes_the_reconstructions(app):
@@ -208,7 +208,7 @@ def test_with_a_feature_bank_the_pages_show_both_terms_and_the_nearest_id_images
     goto(app, "pages/histograms.py")
     assert app.radio(key="hist_metric").options[:4] == ["default", "reconstruction", "both", "multi-t"]
     goto(app, "pages/upload.py")
-    app.radio(key="upload_source").set_value("Example: MNIST digit").run()
+    app.radio(key="upload_source").set_value("Example: mnist image").run()
     _computed(app)
     assert [h.value for h in app.subheader] == ["Why this verdict"]
     evidence = " ".join(m.value for m in app.markdown)

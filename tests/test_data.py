@@ -6,14 +6,13 @@ import torch
 from PIL import Image
 
 from diffood.data import (
-    ID_DATASET,
-    OOD_SETS,
-    VAL_SIZE,
+    FASHIONMNIST,
     load_images,
     load_user_image,
     resolve_data_dir,
     to_model_input,
 )
+from diffood.datasets import VAL_SIZE, DataSpecError
 from diffood.errors import DataUnavailableError, ImageInputError
 from tests.conftest import DATA_DIR, needs_data
 
@@ -36,7 +35,7 @@ def test_missing_data_names_the_folder_and_layout(tmp_path):
 
 
 def test_unknown_set_and_split():
-    with pytest.raises(ValueError, match="unknown dataset"):
+    with pytest.raises(DataSpecError, match="neither a known data set .* nor a folder"):
         load_images("cifar", "test", 3)
     with pytest.raises(ValueError, match="only a 'test' split"):
         load_images("mnist", "train", 3)
@@ -44,28 +43,28 @@ def test_unknown_set_and_split():
 
 @needs_data
 def test_subsets_are_deterministic_and_the_val_split_is_held_out():
-    a = load_images(ID_DATASET, "test", 50, seed=3)
-    assert torch.equal(a, load_images(ID_DATASET, "test", 50, seed=3))
-    assert not torch.equal(a, load_images(ID_DATASET, "test", 50, seed=4))
-    assert torch.equal(load_images(ID_DATASET, "test", 20, seed=3), a[:20])
-    train, val = load_images(ID_DATASET, "train"), load_images(ID_DATASET, "val")
+    a = load_images("fashionmnist", "test", 50, seed=3)
+    assert torch.equal(a, load_images("fashionmnist", "test", 50, seed=3))
+    assert not torch.equal(a, load_images("fashionmnist", "test", 50, seed=4))
+    assert torch.equal(load_images("fashionmnist", "test", 20, seed=3), a[:20])
+    train, val = load_images("fashionmnist", "train"), load_images("fashionmnist", "val")
     assert len(val) == VAL_SIZE and len(train) == 60000 - VAL_SIZE
     train_keys = {bytes(x.numpy()) for x in train}
     assert not any(bytes(x.numpy()) in train_keys for x in val[:300])  # FashionMNIST has no duplicates here
 
 
 @needs_data
-@pytest.mark.parametrize("name", [n for n in OOD_SETS if n != "kmnist"])
+@pytest.mark.parametrize("name", [n for n in FASHIONMNIST.ood_sets() if n != "kmnist"])
 def test_every_offline_ood_set_loads_in_the_shared_shape(name):
     x = load_images(name, "test", 16, seed=0)
-    assert x.shape == (16, 28, 28) and x.dtype == torch.uint8
+    assert x.shape == (16, 1, 28, 28) and x.dtype == torch.uint8
     y = to_model_input(x)
     assert y.shape == (16, 1, 28, 28) and y.min() >= -1 and y.max() <= 1
 
 
 @needs_data
 def test_flipped_sets_are_flips_of_the_id_test_images():
-    x = load_images(ID_DATASET, "test", 4, seed=2)
+    x = load_images("fashionmnist", "test", 4, seed=2)
     assert torch.equal(load_images("fashionmnist-vflip", "test", 4, seed=2), x.flip(-2))
     assert torch.equal(load_images("fashionmnist-hflip", "test", 4, seed=2), x.flip(-1))
     assert torch.equal(load_images("fashionmnist-invert", "test", 4, seed=2), 255 - x)
@@ -73,10 +72,10 @@ def test_flipped_sets_are_flips_of_the_id_test_images():
 
 @needs_data
 def test_patch_shuffled_images_keep_their_patches_in_another_order():
-    x = load_images(ID_DATASET, "test", 3, seed=2)
+    x = load_images("fashionmnist", "test", 3, seed=2)
     y = load_images("fashionmnist-shuffle", "test", 3, seed=2)
     patches = lambda a: sorted(p.flatten().tolist() for p in a.unfold(0, 7, 7).unfold(1, 7, 7).reshape(16, 7, 7))  # noqa: E731
-    for a, b in zip(x, y):
+    for a, b in zip(x[:, 0], y[:, 0]):
         assert patches(a) == patches(b) and not torch.equal(a, b)
     assert torch.equal(y, load_images("fashionmnist-shuffle", "test", 3, seed=2))
 
@@ -95,8 +94,8 @@ def test_a_corrupt_sample_bundle_is_one_clear_error(tmp_path, monkeypatch):
 def test_the_shipped_bundle_stands_in_exactly_when_data_is_missing(tmp_path):
     real = load_images("mnist", "test", 64, seed=0, data_dir=DATA_DIR)
     assert torch.equal(load_images("mnist", "test", 64, seed=0, data_dir=tmp_path), real)
-    real_val = load_images(ID_DATASET, "val", 32, seed=0, data_dir=DATA_DIR)
-    assert torch.equal(load_images(ID_DATASET, "val", 32, seed=0, data_dir=tmp_path), real_val)
+    real_val = load_images("fashionmnist", "val", 32, seed=0, data_dir=DATA_DIR)
+    assert torch.equal(load_images("fashionmnist", "val", 32, seed=0, data_dir=tmp_path), real_val)
     with pytest.raises(DataUnavailableError):  # beyond the bundle: the real error
         load_images("mnist", "test", 64, seed=1, data_dir=tmp_path)
 

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from diffood.data import MAX_UPLOAD_BYTES
-from diffood.model import DEFAULT_CHECKPOINT
+from diffood.model import DEFAULT_CHECKPOINT, SHIPPED_MODELS
 from tests.conftest import DATA_DIR, ROOT, needs_data
 
 SHIPPED_OOD = ["mnist", "fashionmnist-vflip", "fashionmnist-hflip", "gaussian-noise", "uniform"]
@@ -232,6 +232,27 @@ def test_each_shipped_ood_set_opens_without_computing(server, browser):
         page.get_by_text("ID accepted (TPR)").wait_for()
         assert not page.get_by_text("Compute now").count(), name
         page.locator('[data-testid="stPlotlyChart"]').get_by_text(f"{name} (OOD)").wait_for()
+    page.close()
+
+
+PAGE_MARKERS = {"Reconstruct": "mean MSE", "Score histograms": "ID accepted (TPR)", "ROC / AUROC vs t": "Download CSV",
+                "Score your image": "Upload one or more"}
+
+
+@pytest.mark.parametrize("model", list(SHIPPED_MODELS))
+def test_every_page_opens_with_each_shipped_model(server, browser, shots, model):
+    page = _page(browser, server)
+    _settled(page)
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(has_text="Model").click()
+    page.get_by_role("option", name=f"{model} (shipped)").click()
+    _settled(page)
+    page.get_by_text(f"learns one distribution: here {model} (").wait_for()  # texts from the checkpoint's record
+    page.screenshot(path=str(shots / f"home-{model.lower()}.png"), full_page=True)
+    for link, marker in PAGE_MARKERS.items():
+        page.get_by_role("link", name=link, exact=True).click()
+        _settled(page)
+        page.get_by_text(marker).first.wait_for()
+        assert not page.get_by_text("Compute now").count(), (model, link)  # its shipped tables serve the defaults
     page.close()
 
 

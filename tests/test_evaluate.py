@@ -243,3 +243,19 @@ def test_one_draw_reproduces_the_shipped_table():
     summary = summarize(shipped, {MULTI_T: Detector((500, 600, 700, 800, 900), 1, ("mse", "lpips"))}, "strided", 10)
     multi = summary.set_index("metric").loc[MULTI_T]
     assert multi["auroc"] == pytest.approx(0.960, abs=5e-4)  # the README's figure for the seed's multi-t
+
+
+@pytest.mark.slow
+@needs_data
+def test_the_shipped_default_figure_comes_back_from_nothing(tmp_path):
+    """The shipped model's headline (default score vs MNIST, README and evals/summary.csv) recomputed with no
+    cached table: the data layer, preprocessing and checkpoint record must leave it as it was."""
+    shipped = pd.read_csv(DEFAULT_CHECKPOINT / "evals" / "summary.csv")
+    want = shipped[(shipped["ood"] == "mnist") & (shipped["metric"] == DEFAULT)].iloc[0]
+    cfg = EvalConfig(ood=("mnist",), ts=(700,), multi_ts=None, draws=1, detector_ts=(700,), lpips=False,
+                     recompute=True, cache_dir=str(tmp_path), device="cpu")
+    result = evaluate(cfg)
+    got = result.summary[(result.summary["ood"] == "mnist") & (result.summary["metric"] == DEFAULT)].iloc[0]
+    assert got["calls"] == want["calls"] == 1 and got["n_id"] == want["n_id"] == 1000
+    assert got["auroc"] == pytest.approx(want["auroc"], abs=5e-4)
+    assert got["fpr95"] == pytest.approx(want["fpr95"], abs=2e-3)

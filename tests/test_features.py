@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.neighbors import NearestNeighbors
 
 from diffood import cli
-from diffood.data import ID_DATASET, load_images, to_model_input
+from diffood.data import load_images, to_model_input
 from diffood.evaluate import COMBINED, DEFAULT, FEATURES, RECONSTRUCTION, EvalConfig, evaluate
 from diffood.features import (
     BANK_NAME,
@@ -39,7 +39,7 @@ def ckpt_with_bank(tiny_checkpoint, tmp_path):
     g = torch.Generator().manual_seed(1)
     images = torch.rand(64, 1, 28, 28, generator=g) * 2 - 1
     e = embed(ckpt.model, images, 50, noise_for(64, 50, 0), ("mid_block",))["mid_block", "mean"]
-    FeatureBank(FeatureSpec("mid_block", 50), e.half(), ckpt.sha256, {"dataset": ID_DATASET, "split": "train", "n": 64,
+    FeatureBank(FeatureSpec("mid_block", 50), e.half(), ckpt.sha256, {"dataset": "fashionmnist", "split": "train", "n": 64,
                                                                       "seed": 0}).save(folder / BANK_NAME)
     return load_checkpoint(folder, precision="fp32")
 
@@ -179,8 +179,8 @@ def test_the_bank_command_embeds_training_images_only(tiny_checkpoint, tmp_path,
     assert (bank.spec, bank.n, bank.source["split"]) == (FeatureSpec("up_blocks.0", 25, "max"), 40, "train")
     again = build_bank(ckpt, bank.spec, 40)
     torch.testing.assert_close(again.embeddings, bank.embeddings)
-    train = set(map(bytes, load_images(ID_DATASET, "train", None, 0).numpy()))
-    assert not train & set(map(bytes, load_images(ID_DATASET, "val", None, 0).numpy()))
+    train = set(map(bytes, load_images("fashionmnist", "train", None, 0).numpy()))
+    assert not train & set(map(bytes, load_images("fashionmnist", "val", None, 0).numpy()))
 
 
 @needs_data

@@ -1,0 +1,312 @@
+"""The ID set as a spec: a torchvision name or a folder / .zip of images, at one size and channel count.
+
+`DataSpec` is what training is told and what a checkpoint records. `load_split` turns it into uint8
+images (N, C, S, S), every one through the same `fit` (aspect kept, padded with the border's colour),
+and splits them by a fixed seed: torchvision sets hold their validation images out of the training
+split and keep their test split; a folder holds out a validation and a test part of its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import DataUnavailableError, DiffoodError
+
+SPLIT_SEED = 20231118  # fixes the train/val split for every run, whatever the run's own seed
+VAL_SIZE = 2000  # held out of training for z-score statistics, never trained on
+MIN_HELD_OUT = 4  # a folder needs at least this many validation and test images (and twice as many to train)
+SIZES = range(28, 65)
+CHANNELS = (1, 3)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+class DataSpecError(DiffoodError):
+    """A data spec that names nothing usable, or a folder that cannot make a data set."""
+
+
+@dataclass(frozen=True)
+class TorchvisionSet:
+    cls: str
+    channels: int
+    split_arg: bool = False  # SVHN takes split="train"/"test" rather than train=True/False
+
+
+TORCHVISION = {
+    "fashionmnist": TorchvisionSet("FashionMNIST", 1),
+    "mnist": TorchvisionSet("MNIST", 1),
+    "kmnist": TorchvisionSet("KMNIST", 1),
+    "cifar10": TorchvisionSet("CIFAR10", 3),
+    "cifar100": TorchvisionSet("CIFAR100", 3),
+    "svhn": TorchvisionSet("SVHN", 3, split_arg=True),
+}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """An image set: `source` is a torchvision name (TORCHVISION) or a path to a folder or .zip of images
+    (flat or one subfolder per class). Images are fitted to `image_size` px and `channels` (1 or 3)."""
+
+    source: str = "fashionmnist"
+    image_size: int = 28
+    channels: int = 1
+    val_size: int = VAL_SIZE  # folders: at most this, a tenth of the images when that is fewer
+    split_seed: int = SPLIT_SEED
+
+    def __post_init__(self):
+        if self.image_size not in SIZES:
+            raise DataSpecError(f"image size {self.image_size}: choose {SIZES.start}-{SIZES.stop - 1} px")
+        if self.channels not in CHANNELS:
+            raise DataSpecError(f"channels {self.channels}: choose 1 (grayscale) or 3 (RGB)")
+
+    @property
+    def is_torchvision(self) -> bool:
+        return self.source.lower() in TORCHVISION
+
+    @property
+    def name(self) -> str:
+        """Short name: the torchvision name, or the folder's / archive's name without its suffix."""
+        if self.is_torchvision:
+            return self.source.lower()
+        return Path(self.source.rstrip("/\\")).stem or "images"
+
+    def recorded(self) -> "DataSpec":
+        """The spec as a checkpoint stores it: a relative path as given, an absolute one by its name only."""
+        if self.is_torchvision or not Path(self.source).is_absolute():
+            return self
+        return DataSpec(Path(self.source).name, self.image_size, self.channels, self.val_size, self.split_seed)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataSpec":
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Images:
+    """A decoded image set: uint8 (N, C, S, S), the class of each image (-1: none) and the class names."""
+
+    pixels: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=(), compare=False)  # what was skipped, resized or converted
+
+
+# --- fitting one image ---------------------------------------------------------------------------
+def fit(x: torch.Tensor, size: int, channels: int) -> torch.Tensor:
+    """float (C, H, W) in [0, 1] -> (channels, size, size): colour converted (ITU-R 601 luma), longer
+    side resized to `size` and the rest padded with the border's median colour, so aspect is kept."""
+    if x.shape[0] != channels:
+        if channels == 1:
+            x = (x * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True) if x.shape[0] == 3 else x[:1]
+        else:
+            x = x[:1].expand(3, -1, -1)
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x.clamp(0, 1)
+    scale = size / max(h, w)
+    new = (max(1, round(h * scale)), max(1, round(w * scale)))
+    x = F.interpolate(x[None], size=new, mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
+    pad_h, pad_w = size - new[0], size - new[1]
+    if pad_h or pad_w:
+        border = torch.cat([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], dim=1)
+        background = border.median(dim=1).values
+        canvas = background[:, None, None].expand(-1, size, size).clone()
+        canvas[:, pad_h // 2 : pad_h // 2 + new[0], pad_w // 2 : pad_w // 2 + new[1]] = x
+        x = canvas
+    return x
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+# --- torchvision sets ----------------------------------------------------------------------------
+def _torchvision(name: str, train: bool, data_dir: Path, download: bool) -> Images:
+    import torchvision
+
+    tv = TORCHVISION[name]
+    cls = getattr(torchvision.datasets, tv.cls)
+    try:
+        if tv.split_arg:
+            ds = cls(str(data_dir / tv.cls), split="train" if train else "test", download=download)
+        else:
+            ds = cls(str(data_dir), train=train, download=download)
+    except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True ..."
+        raise DataUnavailableError(
+            f"{tv.cls} is not in {data_dir} (expected torchvision's layout, as {data_dir / tv.cls / 'raw'} for the "
+            f"MNIST family). Point DIFFOOD_DATA_DIR or "
+            f"--data-dir at a folder that has it, or allow a download with --download / DIFFOOD_DOWNLOAD=1."
+        ) from e
+    except OSError as e:  # a download that could not reach the network
+        raise DataUnavailableError(f"could not download {tv.cls} into {data_dir}: {e}") from e
+    pixels = torch.as_tensor(np.asarray(ds.data))
+    if pixels.dim() == 3:
+        pixels = pixels[:, None]
+    elif pixels.shape[-1] == 3:  # CIFAR keeps (N, H, W, C)
+        pixels = pixels.permute(0, 3, 1, 2).contiguous()
+    labels = torch.as_tensor(np.asarray(getattr(ds, "targets", None) if hasattr(ds, "targets") else ds.labels))
+    classes = tuple(getattr(ds, "classes", None) or (str(i) for i in range(10)))
+    return Images(pixels, labels.long(), classes)
+
+
+# --- folders and archives ------------------------------------------------------------------------
+def _entries(path: Path) -> list[tuple[str, callable]]:
+    """(relative name, reader of its bytes) of every image file under a folder or in a .zip, sorted."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts))
+        return [(p.relative_to(path).as_posix(), p.read_bytes) for p in files]
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataSpecError(f"{path} is not a readable .zip archive ({e})") from e
+    names = sorted(i.filename for i in archive.infolist() if not i.is_dir() and not Path(i.filename).name.startswith(".")
+                   and "__MACOSX" not in i.filename)
+    return [(n, functools.partial(archive.read, n)) for n in names]
+
+
+GRAY_MODES = ("1", "L", "I", "I;16", "F")
+
+
+def _mode(data: bytes) -> str:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).mode
+
+
+def _folder(path: Path, size: int, channels: int) -> Images:
+    from .data import decode_image
+
+    entries = _entries(path)
+    images = [(n, r) for n, r in entries if n.lower().endswith(IMAGE_EXTENSIONS)]
+    if not entries:
+        raise DataSpecError(f"{path} is empty")
+    if not images:
+        raise DataSpecError(f"{path} holds {len(entries)} files and no images ({', '.join(IMAGE_EXTENSIONS)})")
+    parts = [n.split("/") for n, _ in images]
+    while len({p[0] for p in parts}) == 1 and all(len(p) > 1 for p in parts):  # a wrapping folder, as in most archives
+        parts = [p[1:] for p in parts]
+    tops = {p[0] for p in parts}
+    top = sorted(tops) if len(tops) > 1 and all(len(p) == 2 for p in parts) else []  # one subfolder per class
+    pixels, labels, bad, resized, converted = [], [], [], 0, 0
+    for (name, read), p in zip(images, parts):
+        try:
+            data = read()
+            x = decode_image(data, channels)
+        except (DiffoodError, OSError) as e:
+            bad.append(f"{name} ({e})")
+            continue
+        resized += tuple(x.shape[-2:]) != (size, size)
+        converted += _mode(data) not in (GRAY_MODES if channels == 1 else ("RGB",))
+        pixels.append(_to_uint8(fit(x, size, channels)))
+        labels.append(top.index(p[0]) if top else -1)
+    if not pixels:
+        raise DataSpecError(f"{path}: none of its {len(images)} images could be read (first: {bad[0]})")
+    notes = []
+    if bad:
+        notes.append(f"{path.name}: skipped {len(bad)} unreadable file(s): " + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+    if resized:
+        notes.append(f"{path.name}: resized {resized} image(s) to {size} x {size} (aspect kept, padded)")
+    if converted:
+        notes.append(f"{path.name}: converted {converted} image(s) to {'grayscale' if channels == 1 else 'RGB'}")
+    return Images(torch.stack(pixels), torch.tensor(labels), tuple(top), tuple(notes))
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_cached(path: str, signature: tuple, size: int, channels: int) -> Images:
+    return _folder(Path(path), size, channels)
+
+
+def _signature(path: Path) -> tuple:
+    """Changes when the folder or archive does: re-read then."""
+    if path.is_file():
+        s = path.stat()
+        return (s.st_size, s.st_mtime_ns)
+    stats = [(p.as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file()]
+    return (len(stats), hash(tuple(sorted(stats))))
+
+
+def locate(spec: DataSpec, data_dir: Path) -> Path:
+    """Where a folder spec's images are: the path as given, else under the data folder by name."""
+    for candidate in (Path(spec.source).expanduser(), data_dir / spec.source, data_dir / Path(spec.source).name):
+        if candidate.is_dir() or (candidate.is_file() and candidate.suffix.lower() == ".zip"):
+            return candidate
+    given = Path(spec.source).expanduser()
+    if given.exists():
+        raise DataSpecError(f"{spec.source} is neither a folder nor a .zip archive")
+    raise DataSpecError(
+        f"{spec.source!r} is neither a known data set ({', '.join(TORCHVISION)}) nor a folder or .zip "
+        f"(looked in {given} and {data_dir / Path(spec.source).name})")
+
+
+def read_all(spec: DataSpec, train: bool, data_dir: Path, download: bool) -> Images:
+    """Every image of a spec's source (torchvision: its train or test split), fitted to the spec."""
+    if spec.is_torchvision:
+        raw = _torchvision(spec.source.lower(), train, data_dir, download)
+        if raw.pixels.shape[1:] == (spec.channels, spec.image_size, spec.image_size):
+            return raw
+        fitted = torch.stack([_to_uint8(fit(x.float() / 255, spec.image_size, spec.channels)) for x in raw.pixels])
+        return Images(fitted, raw.labels, raw.classes)
+    path = locate(spec, data_dir)
+    return _folder_cached(str(path.resolve()), _signature(path), spec.image_size, spec.channels)
+
+
+def held_out(spec: DataSpec, n: int) -> int:
+    """Validation (and, for folders, test) images a source of n images holds out."""
+    if spec.is_torchvision:
+        return spec.val_size
+    k = min(spec.val_size, n // 10)
+    if k < MIN_HELD_OUT or n - 2 * k < 2 * MIN_HELD_OUT:
+        need = 10 * MIN_HELD_OUT
+        raise DataSpecError(f"{spec.source} has {n} images; at least {need} are needed (a tenth each for "
+                            f"validation and test, at least {MIN_HELD_OUT} each, the rest to train)")
+    return k
+
+
+def load_split(spec: DataSpec, split: str, data_dir: Path, download: bool) -> Images:
+    """The spec's train, val or test images (uint8, N x C x S x S), split by `spec.split_seed`.
+
+    Torchvision sets: val is held out of the train split, test is the test split. Folders: a seeded
+    permutation gives val, then test, then train. `split="all"` is every image (an OOD folder)."""
+    if split not in ("train", "val", "test", "all"):
+        raise ValueError(f"unknown split {split!r}")
+    if spec.is_torchvision:
+        if split == "test":
+            return read_all(spec, False, data_dir, download)
+        images = read_all(spec, True, data_dir, download)
+        if split == "all":
+            return images
+        order = torch.randperm(len(images.pixels), generator=torch.Generator().manual_seed(spec.split_seed))
+        k = held_out(spec, len(order))
+        pick = order[:k] if split == "val" else order[k:]
+    else:
+        images = read_all(spec, True, data_dir, download)
+        if split == "all":
+            return images
+        order = torch.randperm(len(images.pixels), generator=torch.Generator().manual_seed(spec.split_seed))
+        k = held_out(spec, len(order))
+        pick = {"val": order[:k], "test": order[k : 2 * k], "train": order[2 * k :]}[split]
+    return Images(images.pixels[pick], images.labels[pick], images.classes, images.notes)
+
+
+def describe(spec: DataSpec, train: Images) -> dict:
+    """What a checkpoint records of its training data besides the spec: how many, class names, per-channel
+    pixel mean and std (the noise OOD sets use them), and whether ID backgrounds are dark, which decides
+    whether light-background uploads are inverted (grayscale only: a colour model sees colours as they are)."""
+    x = train.pixels.float() / 255
+    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)
+    dark = bool(border.mean() < 0.5)
+    return {
+        "name": spec.name,
+        "train_images": len(x),
+        "classes": list(train.classes),
+        "pixel_mean": [round(float(v), 3) for v in x.mean(dim=(0, 2, 3))],
+        "pixel_std": [round(float(v), 3) for v in x.std(dim=(0, 2, 3))],
+        "invert_uploads": spec.channels == 1 and dark,
+    }
