@@ -13,16 +13,21 @@ pytestmark = needs_data
 PAGES = ["pages/reconstruct.py", "pages/histograms.py", "pages/roc.py", "pages/upload.py"]
 
 
-@pytest.fixture
-def app(tiny_checkpoint):
+def make_app(checkpoint):
+    """The app opened on `checkpoint` (the model picker lists it from the first run on)."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240)
-    at.session_state["checkpoint"] = str(tiny_checkpoint)
+    at.session_state["checkpoint"] = str(checkpoint)
     at.session_state["steps"] = 2
     at.session_state["eval_n"] = 100
     at.session_state["eval_ts"] = [100, 600]
     at.session_state["multi_ts"] = [100, 600]
     at.session_state["draws"] = 2
     return at.run()
+
+
+@pytest.fixture
+def app(tiny_checkpoint):
+    return make_app(tiny_checkpoint)
 
 
 def goto(at, page):
@@ -198,8 +203,8 @@ def test_without_a_bank_the_pages_say_the_default_is_reconstruction_only(app):
     assert any("has no feature bank" in i.value for i in app.info)
 
 
-def test_with_a_feature_bank_the_pages_show_both_terms_and_the_nearest_id_images(app, banked_checkpoint):
-    app.session_state["checkpoint"] = str(banked_checkpoint)
+def test_with_a_feature_bank_the_pages_show_both_terms_and_the_nearest_id_images(banked_checkpoint):
+    app = make_app(banked_checkpoint)
     goto(app, "pages/roc.py")
     _computed(app)
     labels = [m.label for m in app.metric]
@@ -219,8 +224,8 @@ def test_with_a_feature_bank_the_pages_show_both_terms_and_the_nearest_id_images
     assert not any("Distances only" in c.value for c in app.caption)
 
 
-def test_a_bad_checkpoint_is_a_message_not_a_traceback(app, tmp_path):
-    app.session_state["checkpoint"] = str(tmp_path / "nowhere")
+def test_a_bad_checkpoint_is_a_message_not_a_traceback(tmp_path):
+    app = make_app(tmp_path / "nowhere")
     for page in ["pages/home.py", *PAGES]:
         goto(app, page)
         _ok(app)
