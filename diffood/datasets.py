@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np

@@ -303,10 +303,11 @@ def export_run(run_dir: str | Path, folder: str | Path, weights: str = "fp32") -
         state = json.loads((run_dir / "state.json").read_text())
         cfg = TrainConfig.from_dict(state["config"])
         tensors = load_file(run_dir / "state.safetensors")
-        # runs from before data records trained on FashionMNIST minus its validation images
-        recorded = {"spec": asdict(cfg.data.recorded()), "default_ood": default_ood(cfg.data), **state["data"]}
-        data = IdData.from_dict(recorded) if "data" in state else IdData(
-            train_images=min(cfg.limit_images or 58_000, 58_000))
+        if "data" in state:
+            data = IdData.from_dict({"spec": asdict(cfg.data.recorded()), "default_ood": default_ood(cfg.data),
+                                     **state["data"]})
+        else:  # runs from before data records trained on FashionMNIST minus its validation images
+            data = IdData(train_images=min(cfg.limit_images or 58_000, 58_000))
     except FileNotFoundError:
         raise
     except Exception as e:  # unreadable JSON, missing keys, corrupt safetensors

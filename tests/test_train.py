@@ -67,6 +67,24 @@ def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
 
 
 @needs_data
+def test_old_runs_export_as_fashionmnist_and_fp16_weights_halve_the_file(tmp_path):
+    run(_cfg(tmp_path / "r"), max_steps=2, progress=False)
+    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    assert state["data"]["name"] == "fashionmnist" and state["data"]["train_images"] == 160
+    del state["data"], state["config"]["data"]  # as a run from before data records wrote it
+    (tmp_path / "r" / "state.json").write_text(json.dumps(state))
+    export_run(tmp_path / "r", tmp_path / "old")
+    old = load_checkpoint(tmp_path / "old")
+    assert old.data.name == "fashionmnist" and old.data.train_images == 160 and old.data.spec.channels == 1
+    export_run(tmp_path / "r", tmp_path / "half", weights="fp16")
+    half = load_checkpoint(tmp_path / "half")
+    size = lambda p: (p / "diffusion_pytorch_model.safetensors").stat().st_size  # noqa: E731
+    assert size(tmp_path / "half") < 0.55 * size(tmp_path / "old")
+    assert next(half.model.parameters()).dtype == torch.float32 and half.meta.training["weights"] == "fp16"
+    torch.testing.assert_close(half.model.conv_in.weight, old.model.conv_in.weight, atol=1e-3, rtol=1e-3)
+
+
+@needs_data
 def test_max_minutes_counts_from_the_start_not_from_the_last_save(tmp_path, monkeypatch):
     clock = itertools.count(0, 6.0)  # every reading of the clock is 6 s later
     monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(clock))
