@@ -35,7 +35,7 @@ def setup(tmp_path_factory, tiny_checkpoint):
     folder.mkdir()
     for name, images in (("fashion", load_images("fashionmnist", "test", 7, 3)), ("digit", load_images("mnist", "test", 6, 3))):
         for i, img in enumerate(images):
-            Image.fromarray(img.numpy()).save(folder / f"{name}{i}.png")
+            Image.fromarray(img[0].numpy()).save(folder / f"{name}{i}.png")
     (folder / "broken.png").write_bytes(b"not an image")
     env = {**os.environ, "DIFFOOD_DATA_DIR": str(DATA_DIR)}
     return root, folder, env
