@@ -244,7 +244,7 @@ def test_every_page_opens_with_each_shipped_model(server, browser, shots, model)
     page = _page(browser, server)
     _settled(page)
     page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(has_text="Model").click()
-    page.get_by_role("option", name=f"{model} (shipped)").click()
+    page.get_by_role("option", name=f"{model} (shipped)", exact=True).click()
     _settled(page)
     page.get_by_text(f"learns one distribution: here {model} (").wait_for()  # texts from the checkpoint's record
     page.screenshot(path=str(shots / f"home-{model.lower()}.png"), full_page=True)
