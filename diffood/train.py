@@ -102,13 +102,11 @@ class Trainer:
                              f"the data is {cfg.data.image_size} px x {cfg.data.channels}")
         train = load_split(cfg.data, "train", resolve_data_dir(cfg.data_dir), download_allowed())
         self.images = train.pixels
-        self.data_info = asdict(describe_data(cfg.data, train))
-        if cfg.limit_images:
-            self.data_info["train_images"] = min(cfg.limit_images, len(train.pixels))
-        for note in train.notes:
-            print(note)
         if cfg.limit_images:
             self.images = self.images[: cfg.limit_images]
+        self.data_info = {**asdict(describe_data(cfg.data, train)), "train_images": len(self.images)}
+        for note in train.notes:
+            print(note)
         self.steps_per_epoch = len(self.images) // cfg.batch_size
         self.total_steps = max(1, round(cfg.epochs * self.steps_per_epoch))
         self.scheduler = make_scheduler()
