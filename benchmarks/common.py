@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from diffood.data import load_images, to_model_input
+from diffood.images import to_model_input
+from diffood.sets import load_images
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -11,11 +11,20 @@ import statistics
 import torch
 from common import machine, parser, report, timer
 
-from diffood.data import load_images, to_model_input
-from diffood.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, default_device, make_scheduler, reconstruct, sampler_name
+from diffood.diffusion import (
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    default_device,
+    make_scheduler,
+    noise_for,
+    reconstruct,
+    sampler_name,
+)
+from diffood.images import to_model_input
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint
 from diffood.perceptual import get_lpips
-from diffood.scoring import noise_for, reconstruction_errors
+from diffood.scoring import reconstruction_errors
+from diffood.sets import load_images
 
 
 def main() -> None:

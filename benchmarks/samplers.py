@@ -1,4 +1,4 @@
-"""Samplers head to head: wall time, network calls and AUROC of each, relative to the seed's `chain`.
+"""Samplers head to head: wall time, network calls and AUROC of each, relative to `chain`.
 
     python benchmarks/samplers.py                 # t in {100, 250, 500}, 256 ID + 256 OOD images
     python benchmarks/samplers.py --n 64 --t 500  # quicker
@@ -9,11 +9,19 @@ from __future__ import annotations
 import torch
 from common import id_and_ood, parser, report, timer
 
-from diffood.diffusion import STEPPED, ddim_timesteps, default_device, make_scheduler, reconstruct, sampler_name
+from diffood.diffusion import (
+    STEPPED,
+    ddim_timesteps,
+    default_device,
+    make_scheduler,
+    noise_for,
+    reconstruct,
+    sampler_name,
+)
 from diffood.metrics import auroc
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint
 from diffood.perceptual import get_lpips
-from diffood.scoring import noise_for, reconstruction_errors
+from diffood.scoring import reconstruction_errors
 
 VARIANTS = [("chain", 0), ("strided", 5), ("strided", 10), ("strided", 20),
             ("ddim", 5), ("ddim", 10), ("ddim", 20), ("ddim", 50), ("plms", 0)]

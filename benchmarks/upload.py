@@ -14,12 +14,12 @@ import torch
 from common import machine, parser, report, timer
 from PIL import Image
 
-from diffood.data import load_images
 from diffood.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, default_device, sampler_name
 from diffood.evaluate import EvalConfig, evaluate
 from diffood.inputs import Entry
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint
 from diffood.perceptual import get_lpips
+from diffood.sets import load_images
 from diffood.verdict import Reference, judge_entries
 
 
@@ -47,7 +47,7 @@ def main() -> None:
             times = []
             for _ in range(a.repeats + 1):  # the first run warms up
                 with timer(device) as tm:
-                    judge_entries(entries, ckpt, reference, DEFAULT_SAMPLER, DEFAULT_STEPS, 0, lpips)
+                    judge_entries(entries, ckpt, reference, lpips)
                 times.append(tm["s"])
             median = statistics.median(times[1:])
             rows.append({"machine": machine(device), "precision": ckpt.precision, "images": n,

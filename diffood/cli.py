@@ -1,21 +1,26 @@
-"""`python -m diffood {evaluate,select,bank,reconstruct,score,sample,train,export}`: the functions the app calls."""
+"""`diffood {evaluate,select,bank,reconstruct,score,sample,train,export,app}` (also `python -m diffood`): the
+functions the app and the Python API call."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import os
+import subprocess
 import sys
+import tomllib
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import torch
 
 from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, SAMPLERS, STEPPED, default_device
 from .errors import DiffoodError
-from .model import COMPILE_MODES, DEFAULT_CHECKPOINT
-
+from .model import COMPILE_MODES, SHIPPED_MODELS
+from .verdict import TARGET_TPR
 
 # torchrun reads an abbreviated option after the module name as its own: --t as its --tee, --n as ambiguous
 TORCHRUN_NOTE = " (under torchrun, spell out the long name)"
@@ -90,7 +95,8 @@ def _cmd_export(a) -> int:
 
 
 def _add_common(p, sampler=True, compile=False) -> None:
-    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
+    p.add_argument("--checkpoint", help=f"checkpoint folder, or a shipped model: {', '.join(SHIPPED_MODELS)} "
+                                        "(default: fashionmnist)")
     if sampler:
         p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS))
         p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"network calls for {' and '.join(STEPPED)}")
@@ -119,10 +125,9 @@ def _setup(a) -> None:
 
 
 def _load(a):
-    from .diffusion import default_device
     from .model import load_checkpoint
 
-    return load_checkpoint(a.checkpoint or DEFAULT_CHECKPOINT, device=a.device or default_device(), precision=a.precision)
+    return load_checkpoint(a.checkpoint, device=a.device or default_device(), precision=a.precision)
 
 
 def _compiled(a, ckpt, calls: int):
@@ -196,7 +201,7 @@ def _cmd_evaluate(a) -> int:
     from .evaluate import EvalConfig, evaluate, pending_images
 
     ckpt = _load(a)
-    cfg = EvalConfig(checkpoint=a.checkpoint, ood=tuple(a.ood or [ckpt.data.default_ood]), ts=tuple(a.t), multi_ts=None if a.multi_t == ["all"] else tuple(map(int, a.multi_t)),
+    cfg = EvalConfig(checkpoint=a.checkpoint, ood=tuple(a.ood) if a.ood else None, ts=tuple(a.t), multi_ts=None if a.multi_t == ["all"] else tuple(map(int, a.multi_t)),
                      draws=a.draws, detector_ts=tuple(a.detector_t), detector_metrics=tuple(a.detector_metrics),
                      score=a.score, knn_k=a.knn_k, knn_draws=a.knn_draws,
                      sampler=a.sampler, steps=a.steps, n=a.n, n_val=a.n_val, seed=a.seed, lpips=not a.no_lpips,
@@ -319,9 +324,9 @@ def _add_reconstruct(sub) -> None:
 def _cmd_reconstruct(a) -> int:
     from torchvision.utils import save_image
 
-    from .data import load_images, to_model_input, to_pixels
-    from .diffusion import make_scheduler, reconstruct
-    from .scoring import noise_for
+    from .diffusion import make_scheduler, noise_for, reconstruct
+    from .images import to_model_input, to_pixels
+    from .sets import load_images
 
     ckpt = _load(a)
     device = next(ckpt.model.parameters()).device
@@ -345,31 +350,26 @@ def _add_score(sub) -> None:
     p = sub.add_parser("score", help="score image files, folders and .zip archives against the ID statistics")
     _add_common(p, compile=True)
     p.add_argument("images", nargs="+", help="image files (any format Pillow reads), folders of them, .zip archives")
+    p.add_argument("--tpr", type=float, default=TARGET_TPR, help="share of ID validation images the verdict threshold "
+                                                                 "accepts (default %(default)s)")
     p.add_argument("--no-invert", action="store_true", help="never invert light backgrounds")
-    p.add_argument("--out", help="write the table (file, score, percentile, verdict, error) to this CSV")
+    p.add_argument("--out", help="write the table (file, score, percentile, verdict, threshold, tpr, error) to this CSV")
 
 
 def _cmd_score(a) -> int:
-    from .evaluate import EvalConfig, evaluate
-    from .inputs import collect
-    from .perceptual import get_lpips
-    from .verdict import Reference, judge_entries
+    from .api import as_entries, load
 
-    ckpt = _load(a)
-    device = next(ckpt.model.parameters()).device
-    result = evaluate(EvalConfig(checkpoint=a.checkpoint, ood=(), sampler=a.sampler, steps=a.steps, seed=a.seed,
-                                 data_dir=a.data_dir, device=str(device)), ckpt)
-    reference = Reference.from_result(result)
-    entries = list(collect(a.images))
-    ckpt = _compiled(a, ckpt, len(entries) * reference.detector.calls(a.sampler, a.steps))
+    scorer = load(a.checkpoint, a.device, a.precision, a.tpr, a.sampler, a.steps, a.seed, a.data_dir)
+    entries = as_entries(a.images)
+    scorer.checkpoint = _compiled(a, scorer.checkpoint, len(entries) * scorer.reference.detector.calls(a.sampler, a.steps))
     bar, progress = _progress_bar()
-    table = judge_entries(entries, ckpt, reference, a.sampler, a.steps, a.seed, get_lpips(str(device)),
-                          invert=False if a.no_invert else None, progress=lambda done, total: progress(done, total, "scoring"))
+    table = scorer.score(entries, invert=False if a.no_invert else None,
+                         progress=lambda done, total: progress(done, total, "scoring"))
     bar.close()
     for row in table.itertuples():
         print(f"{row.file}: error: {row.error}" if row.error else
               f"{row.file}: {row.verdict}: score {row.score:+.2f} (ID validation percentile {row.percentile:.1f})")
-    print(f"threshold {reference.threshold:+.2f} accepts 95% of ID validation images; score: {reference.detector.describe()}")
+    print(f"{scorer.reference.describe_threshold()}; score: {scorer.reference.detector.describe()}")
     if a.out and _main():
         table.to_csv(a.out, index=False)
         print(f"wrote {a.out}")
@@ -387,8 +387,8 @@ def _add_sample(sub) -> None:
 def _cmd_sample(a) -> int:
     from torchvision.utils import save_image
 
-    from .data import to_pixels
     from .diffusion import generate, make_scheduler
+    from .images import to_pixels
 
     ckpt = _load(a)
     device = next(ckpt.model.parameters()).device
@@ -400,6 +400,42 @@ def _cmd_sample(a) -> int:
     return 0
 
 
+def _add_app(sub) -> None:
+    p = sub.add_parser("app", help="open the dashboard: `streamlit run app.py` with the settings of .streamlit/config.toml")
+    p.add_argument("streamlit_args", nargs=argparse.REMAINDER,
+                   help="more options for `streamlit run`, e.g. --server.port 8502 (they win over the shipped settings)")
+
+
+def app_script() -> Path:
+    """The dashboard's app.py: installed beside the package as `diffood_app`, or in the clone diffood runs from."""
+    spec = importlib.util.find_spec("diffood_app")
+    clone = Path(__file__).resolve().parents[1]
+    for folder in [*(spec.submodule_search_locations or [] if spec else []), clone]:
+        if (Path(folder) / "app.py").is_file() and (Path(folder) / "pages" / "common.py").is_file():
+            return Path(folder) / "app.py"
+    raise DiffoodError("the dashboard's files (app.py, pages/) are not installed; reinstall diffood")
+
+
+def streamlit_flags(config: Path) -> list[str]:
+    """A Streamlit config.toml as `streamlit run` options, so the installed app runs with the same settings
+    from any working directory."""
+    if not config.is_file():
+        return []
+    flags = []
+    for section, options in tomllib.loads(config.read_text()).items():
+        for key, value in options.items():
+            flags.append(f"--{section}.{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return flags
+
+
+def _cmd_app(a) -> int:
+    script = app_script()
+    extra = a.streamlit_args[1:] if a.streamlit_args[:1] == ["--"] else a.streamlit_args
+    command = [sys.executable, "-m", "streamlit", "run", str(script),
+               *streamlit_flags(script.parent / ".streamlit" / "config.toml"), *extra]
+    return subprocess.call(command)
+
+
 COMMANDS = {
     "evaluate": (_add_evaluate, _cmd_evaluate),
     "select": (_add_select, _cmd_select),
@@ -409,11 +445,12 @@ COMMANDS = {
     "sample": (_add_sample, _cmd_sample),
     "train": (_add_train, _cmd_train),
     "export": (_add_export, _cmd_export),
+    "app": (_add_app, _cmd_app),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diffood", description=__doc__)
+    parser = argparse.ArgumentParser(prog="diffood", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in COMMANDS.values():
         add(sub)
@@ -430,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     _setup(a)
     warnings.showwarning = _warn  # one line per warning, no source lines
+    if a.command == "app":
+        return COMMANDS["app"][1](a)
     if a.command not in ("train", "export"):  # under torchrun: join the group (train does so itself); a GPU per local rank
         a.device = distributed.device_for_rank(a.device)
         distributed.init(a.device or default_device())

@@ -9,23 +9,22 @@ split and keep their test split; a folder holds out a validation and a test part
 from __future__ import annotations
 
 import functools
-import io
-import zipfile
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .errors import DataUnavailableError, DiffoodError
+from .errors import DataUnavailableError, DiffoodError, ImageInputError
+from .images import GRAY_MODES, decode_image, fit, image_mode, to_uint8
+from .inputs import IMAGE_SUFFIXES, InputError, is_image_name, scan_folder, source_entries
 
 SPLIT_SEED = 20231118  # fixes the train/val split for every run, whatever the run's own seed
 VAL_SIZE = 2000  # held out of training for z-score statistics, never trained on
 MIN_HELD_OUT = 4  # a folder needs at least this many validation and test images (and twice as many to train)
 SIZES = range(28, 65)
 CHANNELS = (1, 3)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 class DataSpecError(DiffoodError):
@@ -98,33 +97,24 @@ class Images:
     notes: tuple[str, ...] = field(default=(), compare=False)  # what was skipped, resized or converted
 
 
-# --- fitting one image ---------------------------------------------------------------------------
-def fit(x: torch.Tensor, size: int, channels: int) -> torch.Tensor:
-    """float (C, H, W) in [0, 1] -> (channels, size, size): colour converted (ITU-R 601 luma), longer
-    side resized to `size` and the rest padded with the border's median colour, so aspect is kept."""
-    if x.shape[0] != channels:
-        if channels == 1:
-            x = (x * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True) if x.shape[0] == 3 else x[:1]
-        else:
-            x = x[:1].expand(3, -1, -1)
-    h, w = x.shape[-2:]
-    if (h, w) == (size, size):
-        return x.clamp(0, 1)
-    scale = size / max(h, w)
-    new = (max(1, round(h * scale)), max(1, round(w * scale)))
-    x = F.interpolate(x[None], size=new, mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
-    pad_h, pad_w = size - new[0], size - new[1]
-    if pad_h or pad_w:
-        border = torch.cat([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], dim=1)
-        background = border.median(dim=1).values
-        canvas = background[:, None, None].expand(-1, size, size).clone()
-        canvas[:, pad_h // 2 : pad_h // 2 + new[0], pad_w // 2 : pad_w // 2 + new[1]] = x
-        x = canvas
-    return x
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """Explicit argument > $DIFFOOD_DATA_DIR > ~/.cache/diffood/data."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    if os.environ.get("DIFFOOD_DATA_DIR"):
+        return Path(os.environ["DIFFOOD_DATA_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "diffood" / "data"
 
 
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+def download_allowed() -> bool:
+    """Downloads are opt-in ($DIFFOOD_DOWNLOAD=1 or the CLI's --download): no default path goes online."""
+    return os.environ.get("DIFFOOD_DOWNLOAD", "") not in ("", "0", "false", "no")
+
+
+def seeded_subset(images: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
+    """The first n of a seed-fixed permutation: same seed, same images; n=None keeps all, shuffled."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    return images[order[:n] if n is not None else order]
 
 
 # --- torchvision sets ----------------------------------------------------------------------------
@@ -157,64 +147,47 @@ def _torchvision(name: str, train: bool, data_dir: Path, download: bool) -> Imag
 
 
 # --- folders and archives ------------------------------------------------------------------------
-def _entries(path: Path) -> list[tuple[str, callable]]:
-    """(relative name, reader of its bytes) of every image file under a folder or in a .zip, sorted."""
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts))
-        return [(p.relative_to(path).as_posix(), p.read_bytes) for p in files]
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise DataSpecError(f"{path} is not a readable .zip archive ({e})") from e
-    names = sorted(i.filename for i in archive.infolist() if not i.is_dir() and not Path(i.filename).name.startswith(".")
-                   and "__MACOSX" not in i.filename)
-    return [(n, functools.partial(archive.read, n)) for n in names]
-
-
-GRAY_MODES = ("1", "L", "I", "I;16", "F")
-
-
-def _mode(data: bytes) -> str:
-    from PIL import Image
-
-    return Image.open(io.BytesIO(data)).mode
-
-
 def _folder(path: Path, size: int, channels: int) -> Images:
-    from .data import decode_image
-
-    entries = _entries(path)
-    images = [(n, r) for n, r in entries if n.lower().endswith(IMAGE_EXTENSIONS)]
-    if not entries:
-        raise DataSpecError(f"{path} is empty")
-    if not images:
-        raise DataSpecError(f"{path} holds {len(entries)} files and no images ({', '.join(IMAGE_EXTENSIONS)})")
-    parts = [n.split("/") for n, _ in images]
+    """Every image in a folder or .zip (inputs.source_entries), fitted; one subfolder per class gives labels."""
+    names, pixels, bad, others, resized, converted = [], [], [], 0, 0, 0
+    try:
+        entries, scan = source_entries(path)
+        for e in entries:
+            if not is_image_name(e.relative):
+                others += 1
+                continue
+            try:
+                if e.error:
+                    raise ImageInputError(e.error)
+                x = decode_image(e.data, channels)
+            except DiffoodError as err:
+                bad.append(f"{e.relative} ({err})")
+                continue
+            resized += tuple(x.shape[-2:]) != (size, size)
+            converted += image_mode(e.data) not in (GRAY_MODES if channels == 1 else ("RGB",))
+            names.append(e.relative)
+            pixels.append(to_uint8(fit(x, size, channels)))
+    except InputError as e:
+        raise DataSpecError(str(e)) from e
+    if not pixels and not bad:
+        if not others:
+            raise DataSpecError(f"{path} is empty")
+        raise DataSpecError(f"{path} holds {others} files and no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if not pixels:
+        raise DataSpecError(f"{path}: none of its {len(bad)} images could be read (first: {bad[0]})")
+    parts = [n.split("/") for n in names]
     while len({p[0] for p in parts}) == 1 and all(len(p) > 1 for p in parts):  # a wrapping folder, as in most archives
         parts = [p[1:] for p in parts]
     tops = {p[0] for p in parts}
     top = sorted(tops) if len(tops) > 1 and all(len(p) == 2 for p in parts) else []  # one subfolder per class
-    pixels, labels, bad, resized, converted = [], [], [], 0, 0
-    for (name, read), p in zip(images, parts):
-        try:
-            data = read()
-            x = decode_image(data, channels)
-        except (DiffoodError, OSError) as e:
-            bad.append(f"{name} ({e})")
-            continue
-        resized += tuple(x.shape[-2:]) != (size, size)
-        converted += _mode(data) not in (GRAY_MODES if channels == 1 else ("RGB",))
-        pixels.append(_to_uint8(fit(x, size, channels)))
-        labels.append(top.index(p[0]) if top else -1)
-    if not pixels:
-        raise DataSpecError(f"{path}: none of its {len(images)} images could be read (first: {bad[0]})")
-    notes = []
+    notes = scan.notes() if scan else []
     if bad:
         notes.append(f"{path.name}: skipped {len(bad)} unreadable file(s): " + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
     if resized:
         notes.append(f"{path.name}: resized {resized} image(s) to {size} x {size} (aspect kept, padded)")
     if converted:
         notes.append(f"{path.name}: converted {converted} image(s) to {'grayscale' if channels == 1 else 'RGB'}")
+    labels = [top.index(p[0]) if top else -1 for p in parts]
     return Images(torch.stack(pixels), torch.tensor(labels), tuple(top), tuple(notes))
 
 
@@ -228,8 +201,18 @@ def _signature(path: Path) -> tuple:
     if path.is_file():
         s = path.stat()
         return (s.st_size, s.st_mtime_ns)
-    stats = [(p.as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file()]
-    return (len(stats), hash(tuple(sorted(stats))))
+    try:
+        files = scan_folder(path).files
+    except InputError as e:
+        raise DataSpecError(str(e)) from e
+    stats = []
+    for p in files:
+        try:
+            s = p.stat()
+            stats.append((p.as_posix(), s.st_size, s.st_mtime_ns))
+        except OSError:
+            continue
+    return (len(stats), hash(tuple(stats)))
 
 
 def locate(spec: DataSpec, data_dir: Path) -> Path:
@@ -251,7 +234,7 @@ def read_all(spec: DataSpec, train: bool, data_dir: Path, download: bool) -> Ima
         raw = _torchvision(spec.source.lower(), train, data_dir, download)
         if raw.pixels.shape[1:] == (spec.channels, spec.image_size, spec.image_size):
             return raw
-        fitted = torch.stack([_to_uint8(fit(x.float() / 255, spec.image_size, spec.channels)) for x in raw.pixels])
+        fitted = torch.stack([to_uint8(fit(x.float() / 255, spec.image_size, spec.channels)) for x in raw.pixels])
         return Images(fitted, raw.labels, raw.classes)
     path = locate(spec, data_dir)
     return _folder_cached(str(path.resolve()), _signature(path), spec.image_size, spec.channels)

@@ -96,6 +96,13 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def noise_for(n: int, t: int, seed: int, image_shape: tuple[int, ...] = (1, 28, 28), draw: int = 0) -> torch.Tensor:
+    """The noise image i gets at t in draw `draw`: fixed by (seed, t, draw), the same for every set, so ID
+    and OOD images are noised alike and adding a t or a draw never changes scores already computed."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 1001 * draw + t)  # draw 0: the first draw
+    return torch.randn((n, *image_shape), generator=g)
+
+
 def add_noise(
     x0: torch.Tensor,
     t: int | torch.Tensor,

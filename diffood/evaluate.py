@@ -26,19 +26,21 @@ import torch
 from filelock import FileLock, Timeout
 
 from . import distributed
-from .data import load_images, to_model_input
 from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, STEPPED, default_device, make_scheduler, network_calls
+from .errors import DiffoodError
 from .features import KNN_METRICS, FeatureBank, FeatureSpec, checkpoint_bank
 from .files import atomic_path, atomic_write_text, move_aside
-from .metrics import auroc, fpr_at_95_tpr
+from .images import to_model_input
+from .metrics import aupr_in, aupr_out, auroc, fpr_at_95_tpr
 from .model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 from .perceptual import get_lpips
 from .scoring import METRICS, Detector, KnnTerm, draw_column, feature_distances, score_images
+from .sets import load_images
 
 SCORES_VERSION = 1  # bump when the meaning of a cached score changes
 # dense where detection happens, sparse below
 DEFAULT_TS = (100, 300, 500, 600, 700, 800, 900)
-# the seed's multi-t combines the upper half: below t = T/2 the error tracks how much ink an image has
+# multi-t (Graham et al.'s z-mean) combines the upper half: below t = T/2 the error tracks how much ink an image has
 # rather than whether it is in-distribution (MNIST digits, mostly black, then reconstruct *better*)
 DEFAULT_MULTI_TS = tuple(t for t in DEFAULT_TS if t >= 500)
 # What `python -m diffood select` chose on proxy OOD sets (README "Choosing the default score"). Among
@@ -54,7 +56,7 @@ DEFAULT, RECONSTRUCTION, FEATURES, COMBINED, MULTI_T = "default", "reconstructio
 KEY_COLUMNS = ["dataset", "split", "role", "index", "t", "draw"]
 SCORE_COLUMNS = [*KEY_COLUMNS, *METRICS]
 FEATURE_COLUMNS = [*KEY_COLUMNS, *KNN_METRICS]
-SUMMARY_COLUMNS = ["ood", "metric", "t", "auroc", "fpr95", "n_id", "n_ood", "calls"]
+SUMMARY_COLUMNS = ["ood", "metric", "t", "auroc", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood", "calls"]
 
 
 class CacheWarning(UserWarning):
@@ -70,9 +72,9 @@ def default_cache_dir() -> Path:
 @dataclass
 class EvalConfig:
     checkpoint: str | None = None  # None: the shipped default
-    ood: tuple[str, ...] = ("mnist",)
+    ood: tuple[str, ...] | None = None  # None: the checkpoint's own default OOD set; (): the ID sets alone
     ts: tuple[int, ...] = DEFAULT_TS  # scored with one noise draw each: the per-t curves
-    multi_ts: tuple[int, ...] | None = DEFAULT_MULTI_TS  # the t the seed's multi-t combines; None: all of `ts`
+    multi_ts: tuple[int, ...] | None = DEFAULT_MULTI_TS  # the t multi-t combines; None: all of `ts`
     score: str = DEFAULT_SCORE  # the default score: one of SCORES
     draws: int = RECONSTRUCTION_DETECTOR.draws  # noise draws the reconstruction score averages
     detector_ts: tuple[int, ...] = RECONSTRUCTION_DETECTOR.ts  # the reconstruction score's t
@@ -158,12 +160,12 @@ class EvalResult:
 
     @property
     def multi_ts(self) -> tuple[int, ...]:
-        """The t the seed's multi-t combines."""
+        """The t multi-t combines."""
         return combined_ts(self.config.multi_ts, self.scores["t"][self.scores["mse"].notna()])
 
     @property
     def detectors(self) -> dict[str, Detector]:
-        """The combined scores (EvalConfig.detectors) and the seed's multi-t (z-mean of MSE and LPIPS, one draw)."""
+        """The combined scores (EvalConfig.detectors) and multi-t (Graham et al., CVPR-W 2023: the z-mean of MSE and LPIPS over t, one draw)."""
         return {**self.config.detectors(self.bank), MULTI_T: Detector(self.multi_ts, 1, ("mse", "lpips"))}
 
     def detector_scores(self, name: str, keys=("role", "dataset")) -> pd.DataFrame:
@@ -172,8 +174,8 @@ class EvalResult:
 
 def summarize(scores: pd.DataFrame, detectors: dict[str, Detector], sampler: str = DEFAULT_SAMPLER,
               steps: int = DEFAULT_STEPS) -> pd.DataFrame:
-    """AUROC and FPR95 of ID test vs each OOD set: per reconstruction metric and t (draw 0), and per
-    combined score."""
+    """AUROC, FPR95, AUPR-In and AUPR-Out (metrics.py) of ID test vs each OOD set: per reconstruction
+    metric and t (draw 0), and per combined score."""
     reference = scores[scores["role"] == "id_val"]
     single = scores[(draw_column(scores) == 0) & scores["mse"].notna()]
     id_rows = single[single["role"] == "id"]
@@ -184,8 +186,7 @@ def summarize(scores: pd.DataFrame, detectors: dict[str, Detector], sampler: str
             a, b = id_rows[id_rows["t"] == t], ood_rows[ood_rows["t"] == t]
             for m in METRICS:
                 if a[m].notna().all() and b[m].notna().all():
-                    rows.append([ood, m, t, auroc(a[m], b[m]), fpr_at_95_tpr(a[m], b[m]), len(a), len(b),
-                                 network_calls(sampler, steps, t)])
+                    rows.append([ood, m, t, *_rates(a[m], b[m]), len(a), len(b), network_calls(sampler, steps, t)])
         these = scores[scores["role"].eq("id") | (scores["role"].eq("ood") & scores["dataset"].eq(ood))]
         for name, det in detectors.items():
             try:
@@ -194,8 +195,14 @@ def summarize(scores: pd.DataFrame, detectors: dict[str, Detector], sampler: str
                 continue
             a, b = s.loc[s["role"] == "id", "score"], s.loc[s["role"] == "ood", "score"]
             if len(a) and len(b):
-                rows.append([ood, name, np.nan, auroc(a, b), fpr_at_95_tpr(a, b), len(a), len(b), det.calls(sampler, steps)])
+                rows.append([ood, name, np.nan, *_rates(a, b), len(a), len(b), det.calls(sampler, steps)])
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def _rates(id_scores, ood_scores) -> list[float]:
+    """AUROC, FPR95, AUPR-In, AUPR-Out: the summary's columns, in order."""
+    return [auroc(id_scores, ood_scores), fpr_at_95_tpr(id_scores, ood_scores), aupr_in(id_scores, ood_scores),
+            aupr_out(id_scores, ood_scores)]
 
 
 @lru_cache(maxsize=16)
@@ -303,8 +310,15 @@ def _bank(cfg: EvalConfig, checkpoint: Checkpoint) -> FeatureBank | None:
 
 
 def for_checkpoint(cfg: EvalConfig, checkpoint: Checkpoint) -> EvalConfig:
-    """The config with OOD names made full for the checkpoint's ID set ("vflip" -> "<id>-vflip")."""
-    return replace(cfg, ood=tuple(checkpoint.data.resolve(name) for name in cfg.ood))
+    """The config with its OOD sets made full for the checkpoint's ID set: none given is the checkpoint's
+    default OOD set; "vflip" is "<id>-vflip". The ID set itself is refused as an OOD set."""
+    data = checkpoint.data
+    ood = tuple(data.resolve(name) for name in (cfg.ood if cfg.ood is not None else (data.default_ood,)))
+    same = [name for name in ood if name in (data.name, data.spec.source)]
+    if same:
+        raise DiffoodError(f"{same[0]} is this checkpoint's ID set, so it cannot be its OOD set; "
+                           f"its default OOD set is {data.default_ood}")
+    return replace(cfg, ood=ood)
 
 
 def table_status(cfg: EvalConfig, checkpoint: Checkpoint) -> tuple[int, str]:

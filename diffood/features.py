@@ -19,9 +19,11 @@ import torch
 from safetensors import safe_open
 
 from . import distributed
-from .diffusion import add_noise, autocast, make_scheduler
+from .diffusion import add_noise, autocast, make_scheduler, noise_for
 from .errors import CheckpointError
 from .files import atomic_save_safetensors
+from .images import to_model_input
+from .sets import FASHIONMNIST, load_images
 
 # the UNet's blocks in forward order: where a hook can read an embedding
 LAYERS = ("down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2")
@@ -165,8 +167,6 @@ class FeatureBank:
 def bank_images(bank: FeatureBank, indices, data_dir=None, id=None) -> torch.Tensor:
     """The training images behind bank rows (uint8, N x C x S x S) of the checkpoint's ID set `id`.
     DataUnavailableError when neither the data folder nor the shipped sample holds them."""
-    from .data import FASHIONMNIST, load_images
-
     src = bank.source
     pixels = load_images(src["dataset"], src["split"], src["n"], src["seed"], data_dir, id=id or FASHIONMNIST)
     return pixels[torch.as_tensor(indices)]
@@ -233,8 +233,6 @@ def build_bank(checkpoint, spec: FeatureSpec, n: int | None = 10_000, seed: int 
                embeddings: torch.Tensor | None = None) -> FeatureBank:
     """Embed n ID training images (the first n of a seed-fixed order; None: all) into a bank.
     `embeddings` (already computed the same way, e.g. by the selection protocol) skips the UNet."""
-    from .data import load_images, to_model_input
-
     source = {"dataset": checkpoint.data.name, "split": "train", "n": n, "seed": seed}
     if embeddings is None:
         device = next(checkpoint.model.parameters()).device
@@ -256,8 +254,6 @@ def build_bank(checkpoint, spec: FeatureSpec, n: int | None = 10_000, seed: int 
 def bank_noise(n: int, t: int, seed: int, image_shape: tuple[int, ...] = (1, 28, 28)) -> torch.Tensor:
     """The noise bank image i gets: a stream of the seed that no score draws from, so a query never
     shares its noise with the bank row of the same index."""
-    from .scoring import noise_for
-
     return noise_for(n, t, seed, image_shape, draw=BANK_DRAW)
 
 
@@ -288,9 +284,6 @@ def embed_set(checkpoint, name: str, split: str, n: int | None, t: int, draw: in
     """Every layer's and pooling's embedding of a data set's first n images (seed-fixed order) at t, with
     row-i noise of `draw` (BANK_DRAW for bank images). Kept in `cache_dir` when given: the selection
     protocol asks for the same sets again, and a train set costs minutes."""
-    from .data import load_images, to_model_input
-    from .scoring import noise_for
-
     if cache_dir is not None:
         cached = cached_embeddings(cache_dir, checkpoint, name, split, n, t, draw, seed)
         if cached is not None:

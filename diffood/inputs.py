@@ -1,27 +1,62 @@
-"""Many images at once: files, folders and .zip archives expanded into named entries, read in memory.
+"""The one reader of image files, folders and .zip archives: training sets, OOD sets and uploads alike.
 
-Archives are read with the standard library's zipfile and never extracted to disk. An entry is refused
-(and reported, the rest go on) when it is a link, a nested archive, a path that climbs out ("..") or is
-absolute, or larger than the per-file limit; a whole archive is refused past its entry count, total
-uncompressed size or compression ratio, so a zip bomb costs nothing.
+A folder is scanned with bounds (entries looked at, depth, time); hidden entries and `__MACOSX` are
+skipped, unreadable ones counted, and a scan that hits a bound stops with a `ScanError` that says so.
+Archives are read with the standard library's zipfile, never extracted to disk, and every limit holds
+before anything is decompressed: an entry is refused (and reported, the rest go on) when it is a link,
+a nested archive, a path that climbs out ("..") or is absolute, or larger than the per-file limit or
+ratio by its header; while streaming, an entry that turns out larger than its header says is cut off at
+the limit. A whole archive is refused past its entry count or declared total, so a zip bomb costs nothing.
 """
 
 from __future__ import annotations
 
+import os
 import stat
+import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from .data import MAX_UPLOAD_BYTES
+from .errors import DiffoodError
+from .images import MAX_UPLOAD_BYTES
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 ARCHIVE_SUFFIXES = {".zip"}
-MAX_ENTRIES = 2000
-MAX_TOTAL_BYTES = 500 * 2**20  # uncompressed, per archive
+MAX_ENTRIES = 2000  # files in one uploaded archive
+MAX_TOTAL_BYTES = 500 * 2**20  # uncompressed, per uploaded archive
 MAX_RATIO = 100  # uncompressed / compressed, per entry
+
+
+class InputError(DiffoodError):
+    """A folder or archive that cannot be read as a whole: unreadable, over a limit, a scan stopped early."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one archive may hold. Uploads take the defaults; data sets allow more files and bytes, never
+    larger single images or higher ratios."""
+
+    entries: int | None = MAX_ENTRIES
+    total: int = MAX_TOTAL_BYTES
+    ratio: float = MAX_RATIO
+    file_bytes: int = MAX_UPLOAD_BYTES
+
+
+@dataclass(frozen=True)
+class ScanLimits:
+    """How far a folder scan goes before it stops and says so."""
+
+    entries: int = 200_000  # files and folders looked at
+    depth: int = 8  # folders below the one given
+    seconds: float = 20.0
+
+
+UPLOADS = Limits()
+DATA_SETS = Limits(entries=1_000_000, total=8 * 2**30)
+SCAN = ScanLimits()
 
 
 @dataclass
@@ -29,75 +64,179 @@ class Entry:
     name: str  # file path, or "archive.zip/inner/path.png"
     data: bytes | None = None
     error: str | None = None  # why it was not read
+    relative: str = ""  # the path inside the folder or archive it came from
+
+
+@dataclass
+class Scan:
+    """A folder's files (sorted), and what the scan could not look into."""
+
+    root: Path
+    files: list[Path] = field(default_factory=list)
+    unreadable: int = 0  # folders or entries that could not be listed or stat'ed
+    too_deep: int = 0  # folders below the depth limit, not entered
+
+    def notes(self) -> list[str]:
+        out = [f"{self.root}: skipped {self.unreadable} unreadable entr{'y' if self.unreadable == 1 else 'ies'}"] if self.unreadable else []
+        return out + ([f"{self.root}: did not enter {self.too_deep} folder(s) deeper than {SCAN.depth} levels"]
+                      if self.too_deep else [])
 
 
 def is_archive(name: str) -> bool:
     return Path(name).suffix.lower() in ARCHIVE_SUFFIXES
 
 
-def read_archive(name: str, data: bytes, max_entries: int = MAX_ENTRIES, max_total: int = MAX_TOTAL_BYTES,
-                 max_ratio: float = MAX_RATIO, max_bytes: int = MAX_UPLOAD_BYTES) -> list[Entry]:
-    """The entries of a zip archive held in memory; an unreadable or oversized archive is one error entry."""
+def is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _hidden(name: str) -> bool:
+    return (name.startswith(".") and name != "..") or name == "__MACOSX"
+
+
+def scan_folder(root: str | Path, limits: ScanLimits = SCAN) -> Scan:
+    """Every regular, non-hidden file under `root`, sorted; raises InputError when the scan hits its
+    entry or time limit, or `root` cannot be listed at all."""
+    root = Path(root)
+    scan, seen, start = Scan(root), 0, time.monotonic()
+    stack = [(root, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                children = list(it)
+        except OSError as e:
+            if folder == root:
+                raise InputError(f"{root} cannot be read ({e.strerror or e})") from e
+            scan.unreadable += 1
+            continue
+        for child in children:
+            seen += 1
+            if seen > limits.entries or time.monotonic() - start > limits.seconds:
+                what = f"{limits.entries:,} entries" if seen > limits.entries else f"{limits.seconds:.0f} s"
+                raise InputError(f"{root}: stopped scanning after {what} ({len(scan.files):,} files found so far); "
+                                 f"choose a smaller folder or a .zip of the images")
+            if _hidden(child.name):
+                continue
+            try:
+                if child.is_dir(follow_symlinks=False):
+                    if depth >= limits.depth:
+                        scan.too_deep += 1
+                    else:
+                        stack.append((Path(child.path), depth + 1))
+                elif child.is_file():  # regular files only (through links): no FIFOs, devices or sockets
+                    scan.files.append(Path(child.path))
+            except OSError:
+                scan.unreadable += 1
+    scan.files.sort()
+    return scan
+
+
+def archive_entries(name: str, source: bytes | str | Path, limits: Limits = UPLOADS) -> Iterator[Entry]:
+    """The entries of a zip archive (bytes in memory or a file on disk), each named `name/inner`.
+    Raises InputError when the archive is unreadable or over its entry or total limit."""
     try:
-        zf = zipfile.ZipFile(BytesIO(data))
+        zf = zipfile.ZipFile(BytesIO(source) if isinstance(source, bytes) else source)
         infos = [i for i in zf.infolist() if not i.is_dir()]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
-        return [Entry(name, error=f"not a readable zip archive ({e})")]
-    if len(infos) > max_entries:
-        return [Entry(name, error=f"the archive holds {len(infos)} files; the limit is {max_entries}")]
-    declared = sum(i.file_size for i in infos)
-    if declared > max_total:
-        return [Entry(name, error=f"the archive unpacks to {declared / 2**20:.0f} MiB; the limit is {max_total / 2**20:.0f} MiB")]
-    out, total = [], 0
-    for info in infos:
-        inner = f"{name}/{info.filename}"
-        path = PurePosixPath(info.filename.replace("\\", "/"))
-        mode = info.external_attr >> 16
-        if path.is_absolute() or ".." in path.parts or (info.filename[1:2] == ":"):
-            out.append(Entry(inner, error="refused: the path leaves the archive"))
-        elif stat.S_ISLNK(mode):
-            out.append(Entry(inner, error="refused: a symbolic link"))
-        elif is_archive(info.filename):
-            out.append(Entry(inner, error="refused: archives inside archives are not opened"))
-        elif info.file_size > max_bytes:
-            out.append(Entry(inner, error=f"{info.file_size:,} bytes is over the {max_bytes / 2**20:.0f} MiB limit per image"))
-        elif info.compress_size and info.file_size / info.compress_size > max_ratio:
-            out.append(Entry(inner, error=f"refused: compression ratio {info.file_size / info.compress_size:.0f} above {max_ratio}"))
-        else:
-            try:
-                with zf.open(info) as f:
-                    content = f.read(max_bytes + 1)  # the header's size may lie
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as e:
-                out.append(Entry(inner, error=f"unreadable ({e})"))
-                continue
-            total += len(content)
-            if len(content) > max_bytes or total > max_total:
-                out.append(Entry(inner, error="refused: larger than its header says"))
-                continue
-            out.append(Entry(inner, content))
-    return out
+        raise InputError(f"{name}: not a readable zip archive ({e})") from e
+    with zf:
+        infos = [i for i in infos if not any(_hidden(p) for p in PurePosixPath(i.filename.replace("\\", "/")).parts)]
+        if limits.entries is not None and len(infos) > limits.entries:
+            raise InputError(f"{name}: the archive holds {len(infos):,} files; the limit is {limits.entries:,}")
+        declared = sum(i.file_size for i in infos)
+        if declared > limits.total:
+            raise InputError(f"{name}: the archive unpacks to {declared / 2**20:,.0f} MiB; the limit is "
+                             f"{limits.total / 2**20:,.0f} MiB")
+        total = 0
+        for info in sorted(infos, key=lambda i: i.filename):
+            entry = Entry(f"{name}/{info.filename}", relative=info.filename)
+            entry.error = _refusal(info, limits)
+            if entry.error is None:
+                try:
+                    with zf.open(info) as f:
+                        content = f.read(limits.file_bytes + 1)  # streamed: never more than the limit decompressed
+                except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as e:
+                    entry.error = f"unreadable ({e})"
+                else:
+                    total += len(content)
+                    if len(content) > limits.file_bytes or total > limits.total:
+                        entry.error = "refused: larger than its header says"
+                    else:
+                        entry.data = content
+            yield entry
 
 
-def expand(name: str, data: bytes) -> list[Entry]:
+def _refusal(info: zipfile.ZipInfo, limits: Limits) -> str | None:
+    """Why an archive entry is not read, from its header alone; None when it may be."""
+    path = PurePosixPath(info.filename.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or info.filename[1:2] == ":":
+        return "refused: the path leaves the archive"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "refused: a symbolic link"
+    if is_archive(info.filename):
+        return "refused: archives inside archives are not opened"
+    if info.file_size > limits.file_bytes:
+        return f"{info.file_size:,} bytes is over the {limits.file_bytes / 2**20:.0f} MiB limit per image"
+    if info.compress_size and info.file_size / info.compress_size > limits.ratio:
+        return f"refused: compression ratio {info.file_size / info.compress_size:.0f} above {limits.ratio:g}"
+    return None
+
+
+def read_archive(name: str, data: bytes, max_entries: int | None = MAX_ENTRIES, max_total: int = MAX_TOTAL_BYTES,
+                 max_ratio: float = MAX_RATIO, max_bytes: int = MAX_UPLOAD_BYTES) -> list[Entry]:
+    """The entries of an uploaded zip archive; an unreadable or oversized archive is one error entry."""
+    try:
+        return list(archive_entries(name, data, Limits(max_entries, max_total, max_ratio, max_bytes)))
+    except InputError as e:
+        return [Entry(name, error=str(e).removeprefix(f"{name}: "))]
+
+
+def source_entries(path: str | Path, limits: Limits = DATA_SETS, scan: ScanLimits = SCAN) -> tuple[Iterator[Entry], Scan | None]:
+    """A data set on disk, a folder or a .zip, as entries named by their path inside it (`relative`),
+    read one at a time as they are iterated; and the folder's scan (None for an archive)."""
+    path = Path(path)
+    if path.is_dir():
+        found = scan_folder(path, scan)
+        return _read_files(found.files, path, limits), found
+    return archive_entries(path.name, path, limits), None
+
+
+def _read_files(files: list[Path], root: Path | None, limits: Limits) -> Iterator[Entry]:
+    for f in files:
+        entry = Entry(str(f), relative=f.relative_to(root).as_posix() if root else f.name)
+        try:
+            size = f.stat().st_size
+            if size > (limits.total if is_archive(f.name) else limits.file_bytes):
+                entry.error = f"{size / 2**20:.1f} MiB is over the limit"
+            else:
+                entry.data = f.read_bytes()
+        except OSError as e:
+            entry.error = f"unreadable ({e.strerror or e})"
+        yield entry
+
+
+def expand(name: str, data: bytes, limits: Limits = UPLOADS) -> list[Entry]:
     """One uploaded file -> its entries: itself, or an archive's contents."""
-    return read_archive(name, data) if is_archive(name) else [Entry(name, data)]
+    if not is_archive(name):
+        return [Entry(name, data)]
+    return read_archive(name, data, limits.entries, limits.total, limits.ratio, limits.file_bytes)
 
 
-def collect(paths: list[str], max_bytes: int = MAX_UPLOAD_BYTES) -> Iterator[Entry]:
-    """Files, folders (their images, recursively, in sorted order) and archives on disk -> entries."""
+def collect(paths: list[str], limits: Limits = UPLOADS, scan: ScanLimits = SCAN) -> Iterator[Entry]:
+    """Files, folders (their images and archives, recursively, in sorted order) and archives on disk ->
+    entries; a folder that cannot be scanned is one error entry."""
     for p in map(Path, paths):
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | ARCHIVE_SUFFIXES)
+            try:
+                files = [f for f in scan_folder(p, scan).files if is_image_name(f.name) or is_archive(f.name)]
+            except InputError as e:
+                yield Entry(str(p), error=str(e))
+                continue
         else:
             files = [p]
-        for f in files:
-            try:
-                size = f.stat().st_size
-                if size > (MAX_TOTAL_BYTES if is_archive(f.name) else max_bytes):
-                    yield Entry(str(f), error=f"{size / 2**20:.1f} MiB is over the limit")
-                    continue
-                data = f.read_bytes()
-            except OSError as e:
-                yield Entry(str(f), error=f"unreadable ({e.strerror or e})")
-                continue
-            yield from expand(str(f), data)
+        for entry in _read_files(files, None, limits):
+            if entry.data is not None and is_archive(entry.name):
+                yield from expand(entry.name, entry.data, limits)
+            else:
+                yield entry

@@ -1,14 +1,18 @@
 """Detection metrics over scores where higher means more OOD (scikit-learn does the counting).
 
-AUROC treats OOD as the positive class. FPR95 follows Hendrycks & Gimpel: with the threshold that
-accepts 95 % of ID images as ID, the fraction of OOD images also accepted.
+The positive class, as OpenOOD and pytorch-ood report them: OOD for AUROC and AUPR-Out, ID for AUPR-In
+(with the score negated, low = ID). FPR95 follows Hendrycks & Gimpel: with the threshold that accepts
+95 % of ID images as ID, the fraction of OOD images also accepted.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.metrics import roc_curve as _sk_roc_curve
+
+POSITIVE_CLASS = ("Positive class: OOD for AUROC and AUPR-Out, ID for AUPR-In; FPR95 is the share of OOD images "
+                  "accepted when 95 % of ID images are.")
 
 
 def _labelled(id_scores, ood_scores) -> tuple[np.ndarray, np.ndarray]:
@@ -21,6 +25,17 @@ def _labelled(id_scores, ood_scores) -> tuple[np.ndarray, np.ndarray]:
 
 def auroc(id_scores, ood_scores) -> float:
     return float(roc_auc_score(*_labelled(id_scores, ood_scores)))
+
+
+def aupr_out(id_scores, ood_scores) -> float:
+    """Area under the precision-recall curve with OOD positive (average precision)."""
+    return float(average_precision_score(*_labelled(id_scores, ood_scores)))
+
+
+def aupr_in(id_scores, ood_scores) -> float:
+    """Area under the precision-recall curve with ID positive and low scores meaning ID."""
+    labels, scores = _labelled(id_scores, ood_scores)
+    return float(average_precision_score(1 - labels, -scores))
 
 
 def roc_curve(id_scores, ood_scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -18,9 +18,9 @@ from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
 from .diffusion import resolve_precision
-from .data import FASHIONMNIST, IdData
 from .errors import CheckpointError, DiffoodError
 from .files import atomic_save_safetensors, atomic_write_text
+from .sets import FASHIONMNIST, IdData
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
@@ -31,8 +31,20 @@ FORMAT_VERSION = 1
 # no AMX): 405 -> 439 calls/s after 23-48 s, even only past 120,000-250,000 calls: left eager (README, Performance)
 COMPILE_PAYS_FROM_CALLS = 50_000
 DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "model"  # the shipped, trained model: FashionMNIST
-# every shipped model, by its ID set; the app's picker lists them, then the checkpoints under $DIFFOOD_MODELS_DIR
-SHIPPED_MODELS = {"FashionMNIST": DEFAULT_CHECKPOINT, "MNIST": Path(__file__).parent / "assets" / "model-mnist"}
+# every shipped model, by the name that stands for it wherever a checkpoint is taken, and its label in the app
+SHIPPED_MODELS = {"fashionmnist": DEFAULT_CHECKPOINT, "mnist": Path(__file__).parent / "assets" / "model-mnist"}
+SHIPPED_LABELS = {"fashionmnist": "FashionMNIST", "mnist": "MNIST"}
+
+
+def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
+    """A checkpoint folder from a path or a shipped model's name ("fashionmnist", "mnist"); None is the
+    default model. A folder of that name in the working directory is taken as the folder."""
+    if checkpoint is None:
+        return DEFAULT_CHECKPOINT
+    path = Path(checkpoint).expanduser()
+    if not path.exists() and str(checkpoint).lower() in SHIPPED_MODELS:
+        return SHIPPED_MODELS[str(checkpoint).lower()]
+    return path
 
 
 def models_dir() -> Path:
@@ -43,7 +55,7 @@ def models_dir() -> Path:
 def find_checkpoints(folder: str | Path | None = None) -> dict[str, str]:
     """{checkpoint folder: label}: the shipped models, then every folder with a diffood.json under `folder`
     (default `models_dir()`), two levels deep at most."""
-    found = {str(p): f"{name} (shipped)" for name, p in SHIPPED_MODELS.items() if (p / META_NAME).is_file()}
+    found = {str(p): f"{SHIPPED_LABELS[name]} (shipped)" for name, p in SHIPPED_MODELS.items() if (p / META_NAME).is_file()}
     root = Path(folder) if folder is not None else models_dir()
     if root.is_dir():
         for meta in sorted([*root.glob(f"*/{META_NAME}"), *root.glob(f"*/*/{META_NAME}")]):
@@ -148,14 +160,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", precision: str = "auto",
+def load_checkpoint(folder: str | Path | None, device: str | torch.device = "cpu", precision: str = "auto",
                     compile: bool = False) -> Checkpoint:
-    """Load a checkpoint folder, raising CheckpointError with the reason for anything amiss.
-    `precision` ("auto", "fp32", "bf16") is resolved here for `device`, once. `compile`: see
-    `compile_for_inference` (a first call of a minute; README, Performance)."""
-    folder = Path(folder)
+    """Load a checkpoint folder, or a shipped model by name (None: the default), raising CheckpointError
+    with the reason for anything amiss. `precision` ("auto", "fp32", "bf16") is resolved here for
+    `device`, once. `compile`: see `compile_for_inference` (a first call of a minute; docs/performance.md)."""
+    folder = resolve_checkpoint(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"checkpoint folder not found: {folder}")
+        raise CheckpointError(f"checkpoint folder not found: {folder} (shipped models by name: {', '.join(SHIPPED_MODELS)})")
     for name in (CONFIG_NAME, WEIGHTS_NAME, META_NAME):
         if not (folder / name).is_file():
             raise CheckpointError(f"checkpoint {folder} has no {name}")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import download_allowed
+from .datasets import download_allowed
 
 SHIPPED_ALEXNET = Path(__file__).parent / "assets" / "alexnet_imagenet1k_v1_features.safetensors"
 TORCHVISION_ALEXNET = "alexnet-owt-7be5be79.pth"

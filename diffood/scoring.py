@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import to_pixels
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, network_calls, reconstruct
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, network_calls, noise_for, reconstruct
 from .features import FeatureBank, FeatureSpec, embed
+from .images import to_pixels
 from .perceptual import PerceptualDistance
 
 METRICS = ("mse", "lpips", "mse+lpips")
@@ -117,13 +117,6 @@ def _averaged(scores: pd.DataFrame, keys: list[str], ts, draws, metrics) -> pd.D
 def draw_column(scores: pd.DataFrame) -> pd.Series:
     """The noise draw of each row (tables from before draws existed hold draw 0 only)."""
     return scores["draw"] if "draw" in scores.columns else pd.Series(0, index=scores.index)
-
-
-def noise_for(n: int, t: int, seed: int, image_shape: tuple[int, ...] = (1, 28, 28), draw: int = 0) -> torch.Tensor:
-    """The noise image i gets at t in draw `draw`: fixed by (seed, t, draw), the same for every set, so ID
-    and OOD images are noised alike and adding a t or a draw never changes scores already computed."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + 1001 * draw + t)  # draw 0: the seed's noise
-    return torch.randn((n, *image_shape), generator=g)
 
 
 def reconstruction_errors(x0: torch.Tensor, recon: torch.Tensor, lpips: PerceptualDistance | None) -> dict[str, np.ndarray]:

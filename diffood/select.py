@@ -29,7 +29,7 @@ from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .evaluate import EvalConfig, default_cache_dir, evaluate
 from .features import BANK_DRAW, KS, LAYERS, POOLINGS, FeatureSpec, embed_set, knn_distances
 from .metrics import auroc
-from .model import Checkpoint
+from .model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 from .scoring import Detector, KnnTerm
 
 PROXIES = ("vflip", "hflip", "invert", "shuffle", "gaussian-noise", "uniform")  # built from the ID set
@@ -149,7 +149,6 @@ def score_candidates(cfg: SelectConfig, checkpoint: Checkpoint | None = None,
                      progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
     """One row per candidate: its settings, network calls per image, AUROC per proxy, mean and worst."""
     if checkpoint is None:
-        from .model import DEFAULT_CHECKPOINT, load_checkpoint
         checkpoint = load_checkpoint(cfg.checkpoint or DEFAULT_CHECKPOINT, precision=cfg.precision,
                                      device=cfg.device or "cpu")
     cfg = cfg.for_checkpoint(checkpoint)

@@ -17,19 +17,20 @@ import os
 import platform
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .data import IdData, default_ood, describe_data, download_allowed, resolve_data_dir, to_model_input
-from .datasets import DataSpec, load_split
+from .datasets import DataSpec, DataSpecError, download_allowed, load_split, resolve_data_dir
 from .diffusion import add_noise, default_device, make_scheduler
 from .errors import CheckpointError
 from .files import atomic_save_safetensors, atomic_write_text
+from .images import to_model_input
 from .model import CheckpointMeta, ModelConfig, build_unet, count_parameters, save_checkpoint
+from .sets import IdData, default_ood, describe_data
 
 LOG_FIELDS = ["step", "images_seen", "epoch", "loss", "lr", "elapsed_s", "img_per_s"]
 
@@ -107,6 +108,13 @@ class Trainer:
         self.data_info = {**asdict(describe_data(cfg.data, train)), "train_images": len(self.images)}
         for note in train.notes:
             print(note)
+        if len(self.images) < cfg.batch_size:  # a small set trains in batches of the whole set
+            fits = len(self.images) - len(self.images) % self.world
+            if fits == 0:
+                raise DataSpecError(f"{len(self.images)} training images cannot fill a batch on {self.world} ranks")
+            print(f"note: {len(self.images)} training images, fewer than the batch size {cfg.batch_size}: "
+                  f"training with batches of {fits}")
+            self.cfg = cfg = replace(cfg, batch_size=fits)
         self.steps_per_epoch = len(self.images) // cfg.batch_size
         self.total_steps = max(1, round(cfg.epochs * self.steps_per_epoch))
         self.scheduler = make_scheduler()
@@ -334,7 +342,7 @@ def run(cfg: TrainConfig, resume: bool = False, max_steps=None, max_minutes=None
         trainer._truncate_log()
     if trainer.rank == 0 and not resume:
         print(f"UNet: {count_parameters(trainer.model) / 1e6:.2f} M parameters; {len(trainer.images)} images; "
-              f"{trainer.total_steps} steps of {cfg.batch_size}; device {trainer.device}, world {trainer.world}")
+              f"{trainer.total_steps} steps of {trainer.cfg.batch_size}; device {trainer.device}, world {trainer.world}")
     trainer.train(max_steps=max_steps, max_minutes=max_minutes, progress=progress)
     if export_dir and trainer.rank == 0:
         trainer.export(export_dir, weights)

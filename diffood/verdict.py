@@ -1,7 +1,9 @@
 """Placing images against the ID distribution: the default score, its percentile and an ID/OOD verdict.
 
-The reference is the ID validation part of an evaluation table. The verdict threshold accepts 95 % of
-ID validation images (95 % TPR) on the score in use, by default the one `python -m diffood select` chose.
+The reference is the ID validation part of an evaluation table, with the sampler, steps and seed it was
+computed with: an image is always scored with those, so its z-scores are never taken against statistics
+made otherwise. The verdict threshold accepts a share `tpr` of ID validation images (default 95 %) on the
+score in use, by default the one `python -m diffood select` chose.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ import pandas as pd
 import torch
 
 from . import distributed
-from .data import load_user_image
-from .diffusion import make_scheduler
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, make_scheduler
 from .errors import DiffoodError
 from .evaluate import DEFAULT, EvalResult
 from .features import FeatureBank
 from .metrics import threshold_at_tpr
 from .model import Checkpoint
 from .scoring import Detector, distance_frame, embed_draws, score_images
+from .sets import load_user_image
 
 TARGET_TPR = 0.95
 
@@ -32,15 +34,26 @@ class Reference:
     detector: Detector
     val: pd.DataFrame  # the ID validation rows the z-scores are taken against
     val_scores: np.ndarray  # the score of every ID validation image
-    threshold: float  # the score accepting TARGET_TPR of ID validation images
+    threshold: float  # the score accepting a share `tpr` of ID validation images
     bank: FeatureBank | None = None  # the feature term's bank, when the score has one
+    sampler: str = DEFAULT_SAMPLER  # what the validation rows were computed with: images are scored alike
+    steps: int = DEFAULT_STEPS
+    seed: int = 0
+    tpr: float = TARGET_TPR
 
     @classmethod
-    def from_result(cls, result: EvalResult, name: str = DEFAULT) -> "Reference":
+    def from_result(cls, result: EvalResult, name: str = DEFAULT, tpr: float = TARGET_TPR) -> "Reference":
+        if not 0 < tpr < 1:
+            raise DiffoodError(f"the target ID acceptance (TPR) must lie between 0 and 1, got {tpr}")
         det = result.detectors[name]
         val = result.reference
         scores = det.scores(val, val)["score"].to_numpy()
-        return cls(name, det, val, scores, threshold_at_tpr(scores, TARGET_TPR), result.bank if det.knn else None)
+        cfg = result.config
+        return cls(name, det, val, scores, threshold_at_tpr(scores, tpr), result.bank if det.knn else None,
+                   cfg.sampler, cfg.steps, cfg.seed, tpr)
+
+    def describe_threshold(self) -> str:
+        return f"threshold {self.threshold:+.3f} accepts {self.tpr:.1%} of {len(self.val_scores)} ID validation images"
 
     @property
     def ts(self) -> tuple[int, ...]:
@@ -64,6 +77,7 @@ class Verdict:
     threshold: float
     is_ood: bool
     per_t: pd.DataFrame  # t, metrics averaged over draws, and their z-scores
+    tpr: float = TARGET_TPR  # the share of ID validation images the threshold accepts
     nearest_distance: float = float("nan")  # to the nearest ID training image in feature space (draws averaged)
     neighbours: pd.DataFrame | None = None  # bank index and distance of the 5 nearest, first draw; None without features
 
@@ -73,15 +87,16 @@ class Verdict:
 
     def describe(self) -> str:
         return (f"{self.label}: score {self.score:+.2f} (ID validation percentile {self.percentile:.1f}); "
-                f"threshold {self.threshold:+.2f} accepts {TARGET_TPR:.0%} of ID validation images")
+                f"threshold {self.threshold:+.3f} accepts {self.tpr:.1%} of ID validation images")
 
 
-def judge(x: torch.Tensor, checkpoint: Checkpoint, reference: Reference, sampler: str, steps: int,
-          seed: int = 0, lpips=None, batch_size: int = 256, progress: Callable[[int], None] | None = None,
-          neighbours: int = 0) -> list[Verdict]:
-    """Score images x (N, 1, 28, 28) in [-1, 1] (all draws of a t in one batch) and judge each one. Every
-    image is noised alike, so its verdict does not depend on the others in the batch. With a feature
-    term, each verdict also names its `neighbours` nearest ID training images."""
+def judge(x: torch.Tensor, checkpoint: Checkpoint, reference: Reference, lpips=None, batch_size: int = 256,
+          progress: Callable[[int], None] | None = None, neighbours: int = 0) -> list[Verdict]:
+    """Score images x (N, C, S, S) in [-1, 1] (all draws of a t in one batch) with the reference's sampler,
+    steps and seed, and judge each one. Every image is noised alike, so its verdict does not depend on
+    the others in the batch. With a feature term, each verdict also names its `neighbours` nearest ID
+    training images."""
+    sampler, steps, seed = reference.sampler, reference.steps, reference.seed
     device = next(checkpoint.model.parameters()).device
     x = x.to(device)
     det, bank = reference.detector, reference.bank
@@ -102,7 +117,8 @@ def judge(x: torch.Tensor, checkpoint: Checkpoint, reference: Reference, sampler
     out = []
     for i in range(len(x)):
         v = Verdict(float(values[i]), reference.percentile(values[i]), reference.threshold,
-                    bool(values[i] > reference.threshold), per_t[per_t["index"] == i].drop(columns="index").reset_index(drop=True))
+                    bool(values[i] > reference.threshold), per_t[per_t["index"] == i].drop(columns="index").reset_index(drop=True),
+                    reference.tpr)
         if det.knn:
             v.nearest_distance = float(nearest[i])
         out.append(v)
@@ -113,11 +129,11 @@ def judge(x: torch.Tensor, checkpoint: Checkpoint, reference: Reference, sampler
     return out
 
 
-RESULT_COLUMNS = ["file", "score", "percentile", "verdict", "nearest_id_distance", "error"]
+RESULT_COLUMNS = ["file", "score", "percentile", "verdict", "nearest_id_distance", "threshold", "tpr", "error"]
 
 
-def judge_entries(entries, checkpoint: Checkpoint, reference: Reference, sampler: str, steps: int, seed: int = 0,
-                  lpips=None, invert: bool | None = None, chunk: int = 64,
+def judge_entries(entries, checkpoint: Checkpoint, reference: Reference, lpips=None, invert: bool | None = None,
+                  chunk: int = 64,
                   progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Many named images (inputs.Entry) -> one row each (RESULT_COLUMNS). Entries that are not images get
     their reason in `error`; the others are scored `chunk` at a time (`chunk` per rank under torchrun,
@@ -132,10 +148,11 @@ def judge_entries(entries, checkpoint: Checkpoint, reference: Reference, sampler
             except DiffoodError as err:
                 error = str(err)
         rows.append({"file": e.name, "score": np.nan, "percentile": np.nan, "verdict": "error",
-                     "nearest_id_distance": np.nan, "error": error or ""})
+                     "nearest_id_distance": np.nan, "threshold": reference.threshold, "tpr": reference.tpr,
+                     "error": error or ""})
     for start in range(0, len(good), chunk):
         part = good[start:start + chunk]
-        verdicts = judge(torch.cat([x for _, x in part]), checkpoint, reference, sampler, steps, seed, lpips)
+        verdicts = judge(torch.cat([x for _, x in part]), checkpoint, reference, lpips)
         for (i, _), v in zip(part, verdicts):
             rows[i].update(score=v.score, percentile=v.percentile, verdict=v.label, nearest_id_distance=v.nearest_distance)
         if progress:

@@ -18,9 +18,9 @@ import torch
 from diffood.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, STEPPED, default_device, resolve_precision
 from diffood.errors import DiffoodError
 from diffood.evaluate import (
-    RECONSTRUCTION_DETECTOR,
     DEFAULT_MULTI_TS,
     DEFAULT_TS,
+    RECONSTRUCTION_DETECTOR,
     CacheWarning,
     EvalConfig,
     EvalResult,
@@ -29,6 +29,7 @@ from diffood.evaluate import (
 )
 from diffood.model import DEFAULT_CHECKPOINT, Checkpoint, find_checkpoints, load_checkpoint
 from diffood.perceptual import get_lpips, lpips_status
+from diffood.verdict import TARGET_TPR
 
 APP = Path(__file__).parents[1] / "app.py"
 _app = threading.local()  # Streamlit runs each session's script in a thread of its own
@@ -80,6 +81,7 @@ DEFAULTS = {
     "eval_ts": list(DEFAULT_TS),
     "eval_n": 1000,
     "multi_ts": list(DEFAULT_MULTI_TS),
+    "tpr": 100 * TARGET_TPR,  # in %, as the sidebar shows it
 }
 
 
@@ -113,6 +115,9 @@ def sidebar() -> None:
         st.number_input("Steps", 1, 100, key="steps", disabled=st.session_state["sampler"] not in STEPPED,
                         help=f"Network calls per reconstruction for {' and '.join(STEPPED)}")
         st.number_input("Seed", 0, 2**31 - 1, key="seed")
+        st.number_input("Target ID acceptance (TPR, %)", 50.0, 99.9, step=0.5, format="%.1f", key="tpr",
+                        help="Verdicts call an image OOD when its score is above the threshold that accepts this share "
+                             "of ID validation images; every page and CSV states both")
         st.number_input("Noise draws", 1, 16, key="draws",
                         help=f"The reconstruction score averages each image's error over this many independent noisings "
                              f"at t = {', '.join(map(str, RECONSTRUCTION_DETECTOR.ts))}")
@@ -120,6 +125,11 @@ def sidebar() -> None:
         st.caption(f"Device: **{device_name()}**")
         status = lpips_status()
         st.caption((":material/check_circle: " if status.available else ":material/warning: ") + str(status))
+
+
+def tpr() -> float:
+    """The sidebar's target ID acceptance as a fraction: the verdict threshold accepts this share of ID validation."""
+    return float(st.session_state["tpr"]) / 100
 
 
 def _add_choice(field: str, extras: str, target: str) -> None:

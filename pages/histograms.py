@@ -7,7 +7,7 @@ import streamlit as st
 from diffood.diffusion import sampler_name
 from diffood.metrics import auroc, rates_at_threshold, threshold_at_tpr
 from diffood.scoring import METRICS
-from pages.common import checkpoint, evaluated_tables, through_app
+from pages.common import checkpoint, evaluated_tables, through_app, tpr
 
 through_app()
 
@@ -18,7 +18,7 @@ scores, ood = result.scores, cfg.ood[0]
 metric = st.radio("Score", [*result.detectors, *METRICS], horizontal=True, key="hist_metric",
                   help="\n\n".join(f"{name}: {det.describe()}" for name, det in result.detectors.items())
                   + "\n\nThe default was chosen on proxy OOD sets; reconstruction and features are its two terms alone; "
-                    "multi-t is the seed's score. The others: one metric at one t, one noise draw.")
+                    "multi-t is the z-mean of MSE and LPIPS over t = 500-900 (Graham et al., CVPR-W 2023). The others: one metric at one t, one noise draw.")
 if metric in result.detectors:
     table = result.detector_scores(metric)
     label = f"{metric} score"
@@ -34,10 +34,10 @@ if np.isnan(id_s).all():
     st.warning("LPIPS is unavailable (see the sidebar), so this score has no values.")
     st.stop()
 
-default_thr = threshold_at_tpr(val_s, 0.95)
+default_thr = threshold_at_tpr(val_s, tpr())
 lo, hi = float(np.nanmin(np.r_[id_s, ood_s])), float(np.nanmax(np.r_[id_s, ood_s]))
 thr = st.slider("Threshold (score above it = OOD)", lo, hi, float(np.clip(default_thr, lo, hi)), (hi - lo) / 500,
-                format="%.4f", key=f"thr-{metric}-{label}")
+                format="%.4f", key=f"thr-{metric}-{label}-{tpr()}")
 id_ok, ood_ok = rates_at_threshold(id_s, ood_s, thr)
 
 fig = go.Figure()
@@ -52,6 +52,7 @@ c1, c2, c3 = st.columns(3)
 c1.metric("ID accepted (TPR)", f"{id_ok:.1%}")
 c2.metric("OOD accepted (FPR)", f"{ood_ok:.1%}")
 c3.metric("OOD detected", f"{1 - ood_ok:.1%}")
-st.caption(f"The default threshold {default_thr:.4f} accepts 95 % of the {len(val_s)} ID validation images. "
+st.caption(f"The starting threshold {default_thr:.4f} accepts {tpr():.1%} of the {len(val_s)} ID validation images "
+           f"(the sidebar's TPR). "
            f"{len(id_s)} ID test and {len(ood_s)} OOD images; {sampler_name(cfg.sampler, cfg.steps)} sampler, seed {cfg.seed}."
            + (f" The {metric} score: {result.detectors[metric].describe()}." if metric in result.detectors else ""))

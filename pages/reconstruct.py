@@ -3,11 +3,12 @@
 import streamlit as st
 import torch
 
-from diffood.data import load_images, to_model_input, to_pixels
-from diffood.diffusion import make_scheduler, reconstruct
+from diffood.diffusion import make_scheduler, noise_for, reconstruct
 from diffood.errors import DiffoodError
-from diffood.scoring import noise_for, reconstruction_errors
-from pages.common import checkpoint, dataset_label, heat, load_model, lpips_net, strip, to_display, through_app
+from diffood.images import to_model_input, to_pixels
+from diffood.scoring import reconstruction_errors
+from diffood.sets import load_images
+from pages.common import checkpoint, dataset_label, heat, load_model, lpips_net, strip, through_app, to_display
 
 through_app()
 

@@ -1,11 +1,11 @@
-"""ROC / AUROC vs t: the default score beside the seed's multi-t and the best single t; AUROC and FPR95
+"""ROC / AUROC vs t: the default score beside multi-t (Graham et al.'s z-mean over t) and the best single t; AUROC and FPR95
 against t per metric; ROC curves."""
 
 import plotly.graph_objects as go
 import streamlit as st
 
 from diffood.evaluate import COMBINED, DEFAULT, FEATURES, MULTI_T, RECONSTRUCTION
-from diffood.metrics import roc_curve
+from diffood.metrics import POSITIVE_CLASS, roc_curve
 from diffood.scoring import METRICS
 from pages.common import checkpoint, evaluated_tables, through_app
 
@@ -35,6 +35,12 @@ if best is not None:
     cards[-1].metric(f"{best['metric']}, t = {int(best['t'])} · AUROC", f"{best['auroc']:.3f}", delta_color="off",
                     delta=f"FPR95 {best['fpr95']:.3f} · {calls(best['calls'])}", delta_arrow="off",
                     help="the best single t, chosen here with the OOD set's labels: an optimistic figure")
+
+RATES = {"auroc": "AUROC", "fpr95": "FPR95", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out"}
+number = {c: st.column_config.NumberColumn(label, format="%.4f") for c, label in RATES.items()}
+st.dataframe(combined.loc[named, [*RATES, "calls"]].rename_axis("score").reset_index(), hide_index=True,
+             column_config=number)
+st.caption(POSITIVE_CLASS)
 
 fig = go.Figure()
 for m in metrics:
@@ -89,6 +95,5 @@ fig.update_layout(title="ROC (OOD = positive)", xaxis_title="false positive rate
 st.plotly_chart(fig, config={"toImageButtonOptions": {"format": "png", "filename": "diffood_roc"}})
 
 st.subheader("Table")
-st.dataframe(summary, hide_index=True, column_config={"auroc": st.column_config.NumberColumn(format="%.4f"),
-                                                      "fpr95": st.column_config.NumberColumn(format="%.4f")})
+st.dataframe(summary, hide_index=True, column_config=number)
 st.download_button("Download CSV", summary.to_csv(index=False), file_name=f"diffood_summary_{ood}.csv", mime="text/csv")

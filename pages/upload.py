@@ -10,15 +10,15 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from diffood.data import load_images, load_user_image, to_pixels
-from diffood.diffusion import make_scheduler, reconstruct
+from diffood.diffusion import make_scheduler, noise_for, reconstruct
 from diffood.errors import DiffoodError
 from diffood.evaluate import RECONSTRUCTION
 from diffood.features import FeatureBank, bank_images
+from diffood.images import to_pixels
 from diffood.inputs import IMAGE_SUFFIXES, Entry, expand
-from diffood.scoring import noise_for
-from diffood.verdict import TARGET_TPR, Reference, judge, judge_entries
-from pages.common import checkpoint, eval_config, evaluation, load_model, lpips_net, to_display, through_app
+from diffood.sets import load_images, load_user_image
+from diffood.verdict import Reference, judge, judge_entries
+from pages.common import checkpoint, eval_config, evaluation, load_model, lpips_net, through_app, to_display, tpr
 
 through_app()
 
@@ -52,8 +52,8 @@ def score_one(data: bytes, invert: bool | None, path: str, sha: str, sampler: st
     score) judged too when the default score is another, and the reconstructions at its t."""
     ckpt = load_model(path)
     x = load_user_image(data, invert=invert, id=ckpt.data)
-    verdict = judge(x, ckpt, _reference, sampler, steps, seed, lpips_net(), neighbours=5)[0]
-    evidence = verdict if _evidence is _reference else judge(x, ckpt, _evidence, sampler, steps, seed, lpips_net())[0]
+    verdict = judge(x, ckpt, _reference, lpips_net(), neighbours=5)[0]
+    evidence = verdict if _evidence is _reference else judge(x, ckpt, _evidence, lpips_net())[0]
     device = next(ckpt.model.parameters()).device
     recons = {}
     for t in _evidence.ts:
@@ -154,20 +154,20 @@ if len(entries) == 1:  # a bad file is reported before anything else runs
 result = evaluation(eval_config(reference_only=True))
 if result is None:
     st.stop()
-reference = Reference.from_result(result)
+reference = Reference.from_result(result, tpr=tpr())
 settings = (str(ckpt.path), ckpt.sha256, s["sampler"], int(s["steps"]), int(s["seed"]))
 
 if len(entries) == 1:
     entry = entries[0]
-    evidence_ref = Reference.from_result(result, RECONSTRUCTION) if RECONSTRUCTION in result.detectors else reference
+    evidence_ref = Reference.from_result(result, RECONSTRUCTION, tpr()) if RECONSTRUCTION in result.detectors else reference
     shown, recons, verdict, evidence = score_one(entry.data, invert, *settings, (reference.detector, reference.threshold,
                                                                                  evidence_ref.detector), reference, evidence_ref)
     text = (f"**{verdict.label[0].upper() + verdict.label[1:]}**: score {verdict.score:+.2f} is "
             f"{'above' if verdict.is_ood else 'at or below'} the threshold {verdict.threshold:+.2f}; "
             f"higher than {verdict.percentile:.1f} % of ID validation images.")
     (st.error if verdict.is_ood else st.success)(text)
-    st.caption(f"The threshold accepts {TARGET_TPR:.0%} of the {len(reference.val_scores)} {data.label} validation images "
-               f"(95 % TPR). Score: {reference.detector.describe()}.")
+    st.caption(f"The threshold accepts {reference.tpr:.1%} of the {len(reference.val_scores)} {data.label} validation "
+               f"images (the TPR set in the sidebar). Score: {reference.detector.describe()}.")
     left, right = st.columns([3, 2])
     with right:
         st.plotly_chart(id_histogram(reference, {"this image": verdict.score}, "Where this image lands among ID images"))
@@ -179,10 +179,10 @@ if len(entries) == 1:
     st.stop()
 
 digest = hashlib.sha256(b"".join(hashlib.sha256(e.name.encode() + (e.data or b"")).digest() for e in entries)
-                        + repr((invert, settings, reference.detector)).encode()).hexdigest()
+                        + repr((invert, settings, reference.detector, reference.threshold)).encode()).hexdigest()
 if s.get("batch_digest") != digest:
     bar = st.progress(0.0, text=f"Scoring {len(entries)} files…")
-    table = judge_entries(entries, ckpt, reference, s["sampler"], int(s["steps"]), int(s["seed"]), lpips_net(), invert,
+    table = judge_entries(entries, ckpt, reference, lpips_net(), invert,
                           progress=lambda done, total: bar.progress(done / total, text=f"Scored {done} of {total} images"))
     bar.empty()
     s["batch_digest"], s["batch_table"] = digest, table
@@ -201,5 +201,5 @@ if len(bad):
     st.warning(f"{len(bad)} files were not scored:\n\n" + "\n".join(f"- `{r.file}`: {r.error}" for r in bad.itertuples()))
 if len(scored):
     st.plotly_chart(id_histogram(reference, dict(zip(scored["file"], scored["score"])), "Where these images land among ID images"))
-st.caption(f"The threshold {reference.threshold:+.2f} accepts {TARGET_TPR:.0%} of the {len(reference.val_scores)} "
+st.caption(f"The threshold {reference.threshold:+.3f} accepts {reference.tpr:.1%} of the {len(reference.val_scores)} "
            f"{data.label} validation images. Score: {reference.detector.describe()}.")

@@ -106,9 +106,12 @@ def test_roc_page_draws_curves_and_offers_the_table(app):
     goto(app, "pages/roc.py")
     _computed(app)
     assert len(app.get("plotly_chart")) == 3
-    table = app.dataframe[0].value
+    scores, table = app.dataframe[0].value, app.dataframe[-1].value
+    assert {"multi-t", "default"} <= set(scores["score"]) and {"aupr_in", "aupr_out"} <= set(scores.columns)
     assert {"mse", "lpips", "mse+lpips", "multi-t", "default"} <= set(table["metric"])
-    cards = [m.label for m in app.metric]  # the default score, the seed's multi-t and the best single t side by side
+    assert {"auroc", "fpr95", "aupr_in", "aupr_out"} <= set(table.columns)
+    assert any("AUPR-In" in c.value for c in app.caption)
+    cards = [m.label for m in app.metric]  # the default score, multi-t and the best single t side by side
     assert cards[0].startswith("default") and cards[1].startswith("multi-t") and cards[2].endswith("· AUROC")
     assert app.metric[2].help.startswith("the best single t")
     assert any(b.label == "Download CSV" for b in app.get("download_button"))
@@ -156,7 +159,7 @@ def _zip(entries):
 
 
 def test_upload_scores_many_files_and_archives_and_lists_the_bad_ones(app):
-    from diffood.data import MAX_UPLOAD_BYTES
+    from diffood.images import MAX_UPLOAD_BYTES
 
     goto(app, "pages/upload.py")
     app.radio(key="upload_source").set_value("Upload files").run()

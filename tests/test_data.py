@@ -5,15 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from diffood.data import (
-    FASHIONMNIST,
-    load_images,
-    load_user_image,
-    resolve_data_dir,
-    to_model_input,
-)
-from diffood.datasets import VAL_SIZE, DataSpecError
+from diffood.datasets import VAL_SIZE, DataSpecError, resolve_data_dir
 from diffood.errors import DataUnavailableError, ImageInputError
+from diffood.images import to_model_input
+from diffood.sets import FASHIONMNIST, load_images, load_user_image
 from tests.conftest import DATA_DIR, needs_data
 
 
@@ -81,11 +76,11 @@ def test_patch_shuffled_images_keep_their_patches_in_another_order():
 
 
 def test_a_corrupt_sample_bundle_is_one_clear_error(tmp_path, monkeypatch):
-    from diffood import data
+    from diffood import samples
 
     bad = tmp_path / "samples.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
-    monkeypatch.setattr(data, "SAMPLES_PATH", bad)
+    monkeypatch.setattr(samples, "SAMPLES_PATH", bad)
     with pytest.raises(DataUnavailableError, match="shipped sample .* is unreadable"):
         load_images("mnist", "test", 8, seed=0, data_dir=tmp_path)
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffood.data import IdData, load_images, load_user_image
-from diffood.datasets import MIN_HELD_OUT, DataSpec, DataSpecError, fit, load_split
+from diffood.datasets import MIN_HELD_OUT, DataSpec, DataSpecError, load_split
+from diffood.images import fit
+from diffood.sets import IdData, load_images, load_user_image
 from tests.conftest import DATA_DIR, needs_data
 
 

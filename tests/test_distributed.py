@@ -13,10 +13,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diffood import distributed
-from diffood.data import load_images
 from diffood.features import BANK_NAME
+from diffood.sets import load_images
 from tests.conftest import DATA_DIR, ROOT, needs_data
-
 
 
 def _run(args, env, nproc=1, rc=0):

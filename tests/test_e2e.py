@@ -18,8 +18,8 @@ import zipfile
 import pytest
 from PIL import Image
 
-from diffood.data import MAX_UPLOAD_BYTES
-from diffood.model import DEFAULT_CHECKPOINT, SHIPPED_MODELS
+from diffood.images import MAX_UPLOAD_BYTES
+from diffood.model import DEFAULT_CHECKPOINT, SHIPPED_LABELS
 from tests.conftest import DATA_DIR, ROOT, needs_data
 
 SHIPPED_OOD = ["mnist", "fashionmnist-vflip", "fashionmnist-hflip", "gaussian-noise", "uniform"]
@@ -239,7 +239,7 @@ PAGE_MARKERS = {"Reconstruct": "mean MSE", "Score histograms": "ID accepted (TPR
                 "Score your image": "Upload one or more"}
 
 
-@pytest.mark.parametrize("model", list(SHIPPED_MODELS))
+@pytest.mark.parametrize("model", list(SHIPPED_LABELS.values()))
 def test_every_page_opens_with_each_shipped_model(server, browser, shots, model):
     page = _page(browser, server)
     _settled(page)

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from diffood import evaluate as ev
-from diffood.data import load_images, to_model_input
-from diffood.diffusion import make_scheduler
+from diffood.diffusion import make_scheduler, noise_for
 from diffood.evaluate import (
     DEFAULT,
     MULTI_T,
@@ -22,9 +21,11 @@ from diffood.evaluate import (
     pending_images,
     summarize,
 )
+from diffood.images import to_model_input
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint
 from diffood.perceptual import get_lpips
-from diffood.scoring import METRICS, Detector, noise_for, score_images
+from diffood.scoring import METRICS, Detector, score_images
+from diffood.sets import load_images
 from diffood.verdict import Reference, judge
 from tests.conftest import needs_data
 
@@ -91,7 +92,7 @@ def test_more_t_or_draws_compute_only_what_is_missing_and_match_a_fresh_run(tiny
 
 
 def test_noise_draws_are_fixed_by_seed_t_and_draw_alone():
-    # draw 0 is the seed's noise, whatever the number of images
+    # draw 0 is the same noise, whatever the number of images
     old = torch.randn((8, 1, 28, 28), generator=torch.Generator().manual_seed(0 * 1_000_003 + 700))
     assert torch.equal(noise_for(8, 700, 0), old)
     assert torch.equal(noise_for(20, 700, 0, draw=2)[:8], noise_for(8, 700, 0, draw=2))
@@ -141,7 +142,7 @@ def test_a_detector_z_scores_the_draw_averaged_errors_and_averages_over_t_and_me
     by_hand = np.mean([(r[m] - ref[m].mean()[r["t"]]) / ref[m].std()[r["t"]] for _, r in one.iterrows() for m in ("mse", "lpips")])
     got = det.scores(scores[scores["role"] == "ood"], val)
     assert got.loc[got["index"] == 7, "score"].item() == pytest.approx(by_hand)
-    # one draw is the seed's multi-t: the first draw's errors only
+    # one draw is Graham et al.'s multi-t: the first draw's errors only
     first = Detector((100, 200), 1, ("mse", "lpips")).scores(scores[scores["role"] == "ood"], val)
     assert first.loc[first["index"] == 7, "score"].item() != pytest.approx(by_hand)
     with pytest.raises(ValueError, match="lacks"):
@@ -159,7 +160,7 @@ def test_verdicts_place_images_against_id_validation(tiny_checkpoint):
     assert ref.ts == (400,) and len(ref.val_scores) == 10
     assert np.mean(ref.val_scores <= ref.threshold) >= 0.95
     x = to_model_input(load_images("fashionmnist", "val", 2, 0))
-    verdicts = judge(x, load_checkpoint(tiny_checkpoint, precision="fp32"), ref, cfg.sampler, cfg.steps, lpips=get_lpips())
+    verdicts = judge(x, load_checkpoint(tiny_checkpoint, precision="fp32"), ref, lpips=get_lpips())
     # the first validation images score exactly as in the table, so their percentile is known
     assert verdicts[0].score == pytest.approx(ref.val_scores[0], abs=1e-4)
     assert verdicts[0].label in ("looks in-distribution", "likely OOD")
@@ -230,7 +231,7 @@ def test_two_processes_asking_for_one_table_compute_it_once(tiny_checkpoint, tmp
 @pytest.mark.slow
 @needs_data
 def test_one_draw_reproduces_the_shipped_table():
-    """draws = 1 is the seed's computation: the shipped strided-10 table's values come back (fp32)."""
+    """draws = 1 is the one-draw computation: the shipped strided-10 table's values come back (fp32)."""
     ckpt = load_checkpoint(DEFAULT_CHECKPOINT, precision="fp32")
     shipped = ev._read_cached([DEFAULT_CHECKPOINT / "evals" / "0dc49a0fd9d3b2813201.csv.gz"], ev.SCORE_COLUMNS)[0]
     assert (shipped["draw"] == 0).all()
@@ -242,7 +243,7 @@ def test_one_draw_reproduces_the_shipped_table():
     np.testing.assert_allclose(ours["lpips"], theirs["lpips"], rtol=2e-4, atol=1e-6)
     summary = summarize(shipped, {MULTI_T: Detector((500, 600, 700, 800, 900), 1, ("mse", "lpips"))}, "strided", 10)
     multi = summary.set_index("metric").loc[MULTI_T]
-    assert multi["auroc"] == pytest.approx(0.960, abs=5e-4)  # the README's figure for the seed's multi-t
+    assert multi["auroc"] == pytest.approx(0.960, abs=5e-4)  # the shipped figure for multi-t
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.neighbors import NearestNeighbors
 
 from diffood import cli
-from diffood.data import load_images, to_model_input
+from diffood.diffusion import noise_for
 from diffood.evaluate import COMBINED, DEFAULT, FEATURES, RECONSTRUCTION, EvalConfig, evaluate
 from diffood.features import (
     BANK_NAME,
@@ -25,9 +25,11 @@ from diffood.features import (
     knn_distances,
     load_bank,
 )
+from diffood.images import to_model_input
 from diffood.model import load_checkpoint, save_checkpoint
-from diffood.scoring import Detector, KnnTerm, feature_distances, noise_for
+from diffood.scoring import Detector, KnnTerm, feature_distances
 from diffood.select import SelectConfig, choose, detector_of, score_candidates
+from diffood.sets import load_images
 from diffood.verdict import Reference, judge, judge_entries
 from tests.conftest import needs_data
 
@@ -110,9 +112,9 @@ def test_the_feature_score_of_an_image_is_the_same_alone_in_a_batch_and_in_any_b
     reference = _reference(ckpt_with_bank, knn_draws=2)
     assert reference.detector.knn == KnnTerm(FeatureSpec("mid_block", 50), 1, 2, 64)
     x = to_model_input(load_images("mnist", "test", 5, 0))
-    alone = judge(x[2:3], ckpt_with_bank, reference, "strided", 2, neighbours=5)[0]
+    alone = judge(x[2:3], ckpt_with_bank, reference, neighbours=5)[0]
     for batch_size in (2, 8):
-        batch = judge(x, ckpt_with_bank, reference, "strided", 2, batch_size=batch_size, neighbours=5)[2]
+        batch = judge(x, ckpt_with_bank, reference, batch_size=batch_size, neighbours=5)[2]
         assert batch.nearest_distance == pytest.approx(alone.nearest_distance, abs=1e-6)
         assert batch.score == pytest.approx(alone.score, rel=1e-4)  # a z-score: the distance over a small std
         assert batch.neighbours["bank_index"].tolist() == alone.neighbours["bank_index"].tolist()
@@ -154,7 +156,7 @@ def test_the_default_score_is_the_feature_term_alone_and_its_verdict_needs_one_c
     calls = []
     hook = ckpt_with_bank.model.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])))
     try:
-        verdicts = judge(to_model_input(load_images("mnist", "test", 3, 0)), ckpt_with_bank, reference, "strided", 2)
+        verdicts = judge(to_model_input(load_images("mnist", "test", 3, 0)), ckpt_with_bank, reference)
     finally:
         hook.remove()
     assert calls == [3] and all(v.per_t.empty and v.nearest_distance >= 0 for v in verdicts)
@@ -190,8 +192,7 @@ def test_batch_scoring_writes_the_nearest_distance(ckpt_with_bank):
     reference = _reference(ckpt_with_bank)
     png = __import__("io").BytesIO()
     __import__("PIL.Image").Image.Image.save(__import__("PIL.Image").Image.new("L", (20, 20), 200), png, format="PNG")
-    table = judge_entries([Entry("a.png", png.getvalue()), Entry("b.txt", b"nope")], ckpt_with_bank, reference,
-                          "strided", 2)
+    table = judge_entries([Entry("a.png", png.getvalue()), Entry("b.txt", b"nope")], ckpt_with_bank, reference)
     assert table.loc[0, "nearest_id_distance"] >= 0 and np.isnan(table.loc[1, "nearest_id_distance"])
 
 

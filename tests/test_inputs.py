@@ -76,7 +76,7 @@ def test_cli_scores_files_folders_and_archives_into_a_table(tiny_checkpoint, tmp
     code = main(["score", "--checkpoint", str(tiny_checkpoint), "--steps", "2", str(folder), str(archive), "--out", str(out)])
     assert code == 1  # some entries failed
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["file", "score", "percentile", "verdict", "nearest_id_distance", "error"]
+    assert list(table.columns) == ["file", "score", "percentile", "verdict", "nearest_id_distance", "threshold", "tpr", "error"]
     by_file = table.set_index("file")
     assert by_file.loc[str(folder / "shirt.png"), "verdict"] in ("looks in-distribution", "likely OOD")
     assert by_file.loc[f"{archive}/dark.png", "error"] == ""
@@ -100,7 +100,7 @@ def test_batches_score_as_single_images_do(tiny_checkpoint, chunk):
     ref = Reference.from_result(evaluate(EvalConfig(checkpoint=str(tiny_checkpoint), ood=(), ts=(400,), detector_ts=(400,),
                                                     draws=2, n_val=10, steps=2), ckpt))
     entries = [Entry("a", _png()), Entry("b", b"nope"), Entry("c", _png(0)), Entry("d", error="refused")]
-    table = judge_entries(entries, ckpt, ref, "strided", 2, chunk=chunk)
-    one = judge_entries(entries[2:3], ckpt, ref, "strided", 2)
+    table = judge_entries(entries, ckpt, ref, chunk=chunk)
+    one = judge_entries(entries[2:3], ckpt, ref)
     assert list(table["error"] == "") == [True, False, True, False]
     assert np.isclose(table.loc[2, "score"], one.loc[0, "score"], atol=1e-4)
