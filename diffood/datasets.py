@@ -236,8 +236,11 @@ def read_all(spec: DataSpec, train: bool, data_dir: Path, download: bool) -> Ima
             return raw
         fitted = torch.stack([to_uint8(fit(x.float() / 255, spec.image_size, spec.channels)) for x in raw.pixels])
         return Images(fitted, raw.labels, raw.classes)
-    path = locate(spec, data_dir)
-    return _folder_cached(str(path.resolve()), _signature(path), spec.image_size, spec.channels)
+    try:
+        path = locate(spec, data_dir)
+        return _folder_cached(str(path.resolve()), _signature(path), spec.image_size, spec.channels)
+    except OSError as e:  # a folder we may not enter, a link we may not follow
+        raise DataSpecError(f"{spec.source} cannot be read ({e.strerror or e})") from e
 
 
 def held_out(spec: DataSpec, n: int) -> int:

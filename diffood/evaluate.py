@@ -406,11 +406,11 @@ def _compute(cfg, checkpoint: Checkpoint, plan: _Plan, table: _Table, progress) 
     done, total, frames = 0, plan.images, []
     device = next(checkpoint.model.parameters()).device
     images = {}
-    for (role, name, split, n), t, draws in plan.todo:
+    for (role, name, split, n), _, _ in plan.todo:  # every set read before any is scored: bad data fails at once
         if (name, split, n) not in images:
             pixels = load_images(name, split, n, cfg.seed, cfg.data_dir, id=checkpoint.data)
             images[name, split, n] = to_model_input(pixels).to(device)
-
+    for (role, name, split, n), t, draws in plan.todo:
         def step(k: int, _name=name) -> None:
             nonlocal done
             done += k

@@ -51,9 +51,10 @@ class ScanLimits:
 
     entries: int = 200_000  # files and folders looked at
     depth: int = 8  # folders below the one given
-    seconds: float = 20.0
+    seconds: float = 10.0
 
 
+SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")  # kernel and device file systems: reading them can block or never end
 UPLOADS = Limits()
 DATA_SETS = Limits(entries=1_000_000, total=8 * 2**30)
 SCAN = ScanLimits()
@@ -98,6 +99,14 @@ def scan_folder(root: str | Path, limits: ScanLimits = SCAN) -> Scan:
     """Every regular, non-hidden file under `root`, sorted; raises InputError when the scan hits its
     entry or time limit, or `root` cannot be listed at all."""
     root = Path(root)
+    try:
+        real = root.resolve()
+    except (OSError, RuntimeError) as e:
+        raise InputError(f"{root} cannot be read ({getattr(e, 'strerror', None) or e})") from e
+    if real == Path(real.anchor):
+        raise InputError(f"{root} is the file system's root; choose the folder that holds the images")
+    if any(real == Path(p) or real.is_relative_to(p) for p in SYSTEM_FOLDERS):
+        raise InputError(f"{root} is a system file system ({real.parts[1]}), not a folder of images")
     scan, seen, start = Scan(root), 0, time.monotonic()
     stack = [(root, 0)]
     while stack:
@@ -132,9 +141,11 @@ def scan_folder(root: str | Path, limits: ScanLimits = SCAN) -> Scan:
     return scan
 
 
-def archive_entries(name: str, source: bytes | str | Path, limits: Limits = UPLOADS) -> Iterator[Entry]:
-    """The entries of a zip archive (bytes in memory or a file on disk), each named `name/inner`.
-    Raises InputError when the archive is unreadable or over its entry or total limit."""
+def archive_entries(name: str, source: bytes | str | Path, limits: Limits = UPLOADS,
+                    images_only: bool = False) -> Iterator[Entry]:
+    """The entries of a zip archive (bytes in memory or a file on disk), each named `name/inner`; with
+    `images_only`, other entries come unread (no data, no error). Raises InputError when the archive is
+    unreadable or over its entry or total limit."""
     try:
         zf = zipfile.ZipFile(BytesIO(source) if isinstance(source, bytes) else source)
         infos = [i for i in zf.infolist() if not i.is_dir()]
@@ -151,6 +162,9 @@ def archive_entries(name: str, source: bytes | str | Path, limits: Limits = UPLO
         total = 0
         for info in sorted(infos, key=lambda i: i.filename):
             entry = Entry(f"{name}/{info.filename}", relative=info.filename)
+            if images_only and not is_image_name(info.filename):
+                yield entry
+                continue
             entry.error = _refusal(info, limits)
             if entry.error is None:
                 try:
@@ -194,17 +208,23 @@ def read_archive(name: str, data: bytes, max_entries: int | None = MAX_ENTRIES, 
 
 def source_entries(path: str | Path, limits: Limits = DATA_SETS, scan: ScanLimits = SCAN) -> tuple[Iterator[Entry], Scan | None]:
     """A data set on disk, a folder or a .zip, as entries named by their path inside it (`relative`),
-    read one at a time as they are iterated; and the folder's scan (None for an archive)."""
+    read one at a time as they are iterated; files that are not images come unread. And the folder's
+    scan (None for an archive)."""
     path = Path(path)
     if path.is_dir():
         found = scan_folder(path, scan)
-        return _read_files(found.files, path, limits), found
-    return archive_entries(path.name, path, limits), None
+        return _read_files(found.files, path, limits, images_only=True), found
+    return archive_entries(path.name, path, limits, images_only=True), None
 
 
-def _read_files(files: list[Path], root: Path | None, limits: Limits) -> Iterator[Entry]:
+def _read_files(files: list[Path], root: Path | None, limits: Limits, images_only: bool = False) -> Iterator[Entry]:
+    """Files as entries, read one at a time; never a file that is not an image when `images_only`
+    (a special file can block a read forever)."""
     for f in files:
         entry = Entry(str(f), relative=f.relative_to(root).as_posix() if root else f.name)
+        if images_only and not is_image_name(f.name):
+            yield entry
+            continue
         try:
             size = f.stat().st_size
             if size > (limits.total if is_archive(f.name) else limits.file_bytes):
@@ -240,3 +260,24 @@ def collect(paths: list[str], limits: Limits = UPLOADS, scan: ScanLimits = SCAN)
                 yield from expand(entry.name, entry.data, limits)
             else:
                 yield entry
+
+
+def store_images(entries: list[Entry], root: str | Path) -> tuple[Path, int, list[str]]:
+    """The image entries of an upload written into a folder of their own under `root`, named by their
+    content's hash (the same upload, the same folder) and numbered, so no name from the upload reaches
+    the disk: (folder, images written, why the others were not). The folder reader checks each image."""
+    import hashlib
+
+    images = [e for e in entries if e.data is not None and is_image_name(e.name)]
+    skipped = [f"{e.name}: {e.error or 'not an image file'}" for e in entries if e not in images]
+    if not images:
+        raise InputError("the upload holds no images" + (f" ({skipped[0]})" if skipped else ""))
+    digest = hashlib.sha256(b"".join(hashlib.sha256(e.data).digest() for e in images)).hexdigest()[:16]
+    folder = Path(root) / f"upload-{digest}"
+    if not folder.is_dir():
+        partial = folder.with_name(folder.name + ".partial")
+        partial.mkdir(parents=True, exist_ok=True)
+        for i, e in enumerate(images):
+            (partial / f"{i:05d}{Path(e.name).suffix.lower()}").write_bytes(e.data)
+        os.replace(partial, folder)
+    return folder, len(images), skipped

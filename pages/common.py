@@ -15,6 +15,7 @@ import numpy as np
 import streamlit as st
 import torch
 
+from diffood.access import check_server_path, server_paths_note
 from diffood.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, STEPPED, default_device, resolve_precision
 from diffood.errors import DiffoodError
 from diffood.evaluate import (
@@ -24,14 +25,17 @@ from diffood.evaluate import (
     CacheWarning,
     EvalConfig,
     EvalResult,
+    default_cache_dir,
     evaluate,
     table_status,
 )
+from diffood.inputs import IMAGE_SUFFIXES, MAX_ENTRIES, expand, store_images
 from diffood.model import DEFAULT_CHECKPOINT, Checkpoint, find_checkpoints, load_checkpoint
 from diffood.perceptual import get_lpips, lpips_status
 from diffood.verdict import TARGET_TPR
 
 APP = Path(__file__).parents[1] / "app.py"
+UPLOAD_TYPES = sorted(s.lstrip(".") for s in IMAGE_SUFFIXES) + ["zip"]
 _app = threading.local()  # Streamlit runs each session's script in a thread of its own
 
 
@@ -102,15 +106,25 @@ def sidebar() -> None:
         st.selectbox("Model", list(models), key="checkpoint", format_func=models.get,
                      help="The shipped models, the checkpoints under $DIFFOOD_MODELS_DIR (default ./models), "
                           "and any folder added below")
+        readable = server_paths_note(server_address())
         st.text_input("Add a checkpoint folder", key="model_folder", on_change=_add_choice,
                       args=("model_folder", "extra_models", "checkpoint"), placeholder="path/to/checkpoint",
-                      help="A diffusers-layout folder with diffood.json, e.g. from `python -m diffood export`")
+                      help=f"A diffusers-layout folder with diffood.json, e.g. from `diffood export`. Server folders "
+                           f"readable here: {readable}")
         sets = ood_sets()
         if st.session_state["ood"] not in sets:
             st.session_state["ood"] = next(iter(sets))
-        st.selectbox("OOD set", list(sets), key="ood", format_func=lambda k: f"{k}: {sets[k]}")
+        uploaded = st.session_state.get("uploaded_ood", {})  # named by their label, not their cache folder
+        st.selectbox("OOD set", list(sets), key="ood",
+                     format_func=lambda k: sets[k] if k in uploaded else f"{k}: {sets[k]}")
         st.text_input("Add an OOD folder or .zip", key="ood_folder", on_change=_add_choice,
-                      args=("ood_folder", "extra_ood", "ood"), placeholder="path/to/images")
+                      args=("ood_folder", "extra_ood", "ood"), placeholder="path/to/images",
+                      help=f"A folder or .zip on the server. Server folders readable here: {readable}")
+        st.file_uploader("Or upload an OOD set (.zip or images)", type=UPLOAD_TYPES, accept_multiple_files=True,
+                         key="ood_upload", on_change=_add_upload,
+                         help=f"At most {MAX_ENTRIES:,} images per archive; used by every page like a folder")
+        if st.session_state.get("path_error"):
+            st.error(st.session_state["path_error"], icon=":material/block:")
         st.selectbox("Sampler", list(SAMPLERS), key="sampler", help="\n\n".join(f"**{k}**: {v}" for k, v in SAMPLERS.items()))
         st.number_input("Steps", 1, 100, key="steps", disabled=st.session_state["sampler"] not in STEPPED,
                         help=f"Network calls per reconstruction for {' and '.join(STEPPED)}")
@@ -132,13 +146,44 @@ def tpr() -> float:
     return float(st.session_state["tpr"]) / 100
 
 
+def server_address() -> str:
+    """The address this server listens on (Streamlit's server.address; "" is every interface)."""
+    return st.get_option("server.address") or ""
+
+
 def _add_choice(field: str, extras: str, target: str) -> None:
-    """A path typed into `field` becomes an option of the `target` select box, chosen."""
+    """A path typed into `field` becomes an option of the `target` select box, chosen, when this server lets
+    its visitors read it (access.py); otherwise the sidebar says why, in one line."""
     value = st.session_state[field].strip()
-    if value:
-        st.session_state[extras] = [*st.session_state[extras], value]
-        st.session_state[target] = value
     st.session_state[field] = ""
+    st.session_state["path_error"] = ""
+    if not value:
+        return
+    try:
+        check_server_path(value, server_address())
+    except DiffoodError as e:
+        st.session_state["path_error"] = str(e)
+        return
+    st.session_state[extras] = [*st.session_state[extras], value]
+    st.session_state[target] = value
+
+
+def _add_upload() -> None:
+    """Uploaded images or archives become an OOD set: a folder of their own in the cache, chosen."""
+    files = st.session_state.get("ood_upload") or []
+    st.session_state["path_error"] = ""
+    if not files:
+        return
+    entries = [e for f in files for e in expand(f.name, f.getvalue())]
+    try:
+        folder, n, skipped = store_images(entries, default_cache_dir() / "uploaded-sets")
+    except DiffoodError as e:
+        st.session_state["path_error"] = str(e)
+        return
+    name = ", ".join(f.name for f in files)
+    st.session_state["uploaded_ood"] = {**st.session_state.get("uploaded_ood", {}), str(folder):
+                                        f"uploaded {name} ({n} images{f'; {len(skipped)} skipped' if skipped else ''})"}
+    st.session_state["ood"] = str(folder)
 
 
 def ood_sets() -> dict[str, str]:
@@ -149,12 +194,13 @@ def ood_sets() -> dict[str, str]:
         return {"uniform": "uniform pixel noise"}
     sets = data.ood_sets()
     first = {data.default_ood: sets.get(data.default_ood, data.default_ood)}
-    return {**first, **sets, **{p: "a folder of images" for p in st.session_state["extra_ood"]}}
+    return {**first, **sets, **{p: "a folder of images" for p in st.session_state["extra_ood"]},
+            **st.session_state.get("uploaded_ood", {})}
 
 
 def dataset_label(data, name: str) -> str:
     """How a page names a set: the ID set by its label, OOD sets by name."""
-    return f"{data.label} (ID)" if name == data.name else name
+    return f"{data.label} (ID)" if name == data.name else st.session_state.get("uploaded_ood", {}).get(name, name)
 
 
 def device_name() -> str:

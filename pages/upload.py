@@ -15,14 +15,23 @@ from diffood.errors import DiffoodError
 from diffood.evaluate import RECONSTRUCTION
 from diffood.features import FeatureBank, bank_images
 from diffood.images import to_pixels
-from diffood.inputs import IMAGE_SUFFIXES, Entry, expand
+from diffood.inputs import Entry, expand
 from diffood.sets import load_images, load_user_image
 from diffood.verdict import Reference, judge, judge_entries
-from pages.common import checkpoint, eval_config, evaluation, load_model, lpips_net, through_app, to_display, tpr
+from pages.common import (
+    UPLOAD_TYPES,
+    checkpoint,
+    eval_config,
+    evaluation,
+    load_model,
+    lpips_net,
+    through_app,
+    to_display,
+    tpr,
+)
 
 through_app()
 
-TYPES = sorted(s.lstrip(".") for s in IMAGE_SUFFIXES) + ["zip"]
 
 ckpt = checkpoint()
 data = ckpt.data
@@ -126,7 +135,7 @@ if s.get("upload_source") not in ["Upload files", *examples]:  # the examples of
     s["upload_source"] = "Upload files"
 source = st.radio("Image", ["Upload files", *examples], horizontal=True, key="upload_source")
 if source == "Upload files":
-    uploads = st.file_uploader("Images or .zip archives", type=TYPES, accept_multiple_files=True, key="upload_file")
+    uploads = st.file_uploader("Images or .zip archives", type=UPLOAD_TYPES, accept_multiple_files=True, key="upload_file")
     if not uploads:
         st.info("Upload one or more images (or a .zip of them), or pick an example above.")
         st.stop()

@@ -233,3 +233,48 @@ def test_a_bad_checkpoint_is_a_message_not_a_traceback(tmp_path):
         goto(app, page)
         _ok(app)
         assert any("checkpoint folder not found" in e.value for e in app.error)
+
+
+@pytest.mark.parametrize("path", ["/", "/proc", "/proc/1/cwd", "/no/such/folder", "/etc/hostname"])
+def test_a_server_path_that_is_no_image_folder_is_one_line(app, path):
+    goto(app, "pages/reconstruct.py")
+    app.sidebar.text_input(key="ood_folder").input(path).run()
+    _ok(app)
+    shown = [e.value for e in app.error]  # the sidebar's and the page's
+    assert len(shown) == 1 and path in shown[0], shown
+    assert "Traceback" not in shown[0] and "pages/" not in shown[0]
+    assert app.slider(key="recon_t")  # the rest of the page works
+
+
+def test_off_loopback_server_paths_are_refused_and_an_uploaded_set_is_used(app, monkeypatch, tmp_path):
+    import zipfile
+
+    from streamlit import config
+
+    monkeypatch.delenv("DIFFOOD_ALLOWED_ROOTS", raising=False)
+    previous = config.get_option("server.address")
+    config.set_option("server.address", "0.0.0.0")
+    try:
+        goto(app, "pages/reconstruct.py")
+        app.sidebar.text_input(key="ood_folder").input("/usr/share").run()
+        _ok(app)
+        [line] = [e.value for e in app.sidebar.error]
+        assert "/usr/share" in line and "DIFFOOD_ALLOWED_ROOTS" in line
+        assert app.sidebar.selectbox(key="ood").value != "/usr/share"
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for i in range(6):
+                z.writestr(f"set/{i}.png", _png(40 * i))
+            z.writestr("set/readme.txt", "not an image")
+        uploader = [u for u in app.sidebar.get("file_uploader") if u.label.startswith("Or upload an OOD set")][0]
+        uploader.set_value(("mine.zip", buf.getvalue(), "application/zip")).run()
+        _ok(app)
+        chosen = app.sidebar.selectbox(key="ood").value
+        assert "upload-" in chosen and not app.sidebar.error
+        [label] = [h.value for h in app.subheader if "uploaded mine.zip" in h.value]
+        assert "6 images" in label and len(app.image) == 8 + 6  # 8 ID rows, and all 6 uploaded images
+        goto(app, "pages/histograms.py")
+        _computed(app)
+        assert app.get("plotly_chart")
+    finally:
+        config.set_option("server.address", previous)

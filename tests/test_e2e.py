@@ -42,16 +42,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(tmp_path_factory, data_dir=None):
-    """`streamlit run app.py` on a free loopback port, an empty data folder (or `data_dir`) and its own cache;
-    yields the URL, then stops it and checks its log for tracebacks and warnings."""
+def _start(tmp_path_factory, data_dir=None, address: str | None = "127.0.0.1", with_process=False):
+    """`streamlit run app.py` on a free port (bound to `address`; None: as the README starts it, the shipped
+    config's), an empty data folder (or `data_dir`) and its own cache; yields the URL (on 127.0.0.1, always),
+    then stops it and checks its log for tracebacks and warnings."""
     port = _free_port()
     data_dir = data_dir or tmp_path_factory.mktemp("no-data")
     env = {**os.environ, "DIFFOOD_DATA_DIR": str(data_dir), "DIFFOOD_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
-    env.pop("DIFFOOD_CHECKPOINT", None)
+    for name in ("DIFFOOD_CHECKPOINT", "DIFFOOD_ALLOWED_ROOTS"):
+        env.pop(name, None)
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+    bind = ["--server.address", address] if address else []
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), *bind],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
@@ -64,7 +66,7 @@ def _start(tmp_path_factory, data_dir=None):
         proc.kill()
         log.seek(0)
         pytest.fail("streamlit did not start:\n" + log.read()[-3000:])
-    yield url
+    yield (url, proc) if with_process else url
     proc.terminate()
     proc.wait(timeout=30)
     log.seek(0)
@@ -120,6 +122,10 @@ def _settled(page):
     page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=TIMEOUT_MS)
     page.wait_for_function("!document.querySelector('[data-stale=\"true\"]')", timeout=TIMEOUT_MS)  # faded: rerunning
     page.wait_for_timeout(300)
+
+
+def _uploader(page, label):
+    return page.locator('[data-testid="stFileUploader"]').filter(has_text=label).locator('input[type="file"]')
 
 
 def _png_bytes():
@@ -182,7 +188,7 @@ def test_every_page_slider_and_uploads_in_a_real_browser(server, browser, shots)
 
     page.get_by_role("link", name="Score your image").click()
     _settled(page)
-    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+    _uploader(page, "Images or .zip archives").set_input_files(
         files=[{"name": "shirt.png", "mimeType": "image/png", "buffer": _png_bytes()}])
     page.get_by_text("ID validation images.").first.wait_for()
     verdict = page.locator('[data-testid="stAlert"]').first.inner_text()
@@ -191,12 +197,12 @@ def test_every_page_slider_and_uploads_in_a_real_browser(server, browser, shots)
     page.get_by_text("Distances only: the training images are not on this machine").wait_for()  # no data folder here
     assert page.locator('[data-testid="stMetric"]').filter(has_text="neighbour #").count() == 5
 
-    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+    _uploader(page, "Images or .zip archives").set_input_files(
         files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"just some text"}])
     page.get_by_text("notes.png: not a readable image").wait_for()
     page.screenshot(path=str(shots / "upload-bad-file.png"), full_page=True)
 
-    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+    _uploader(page, "Images or .zip archives").set_input_files(
         files=[{"name": "batch.zip", "mimeType": "application/zip", "buffer": _zip_bytes()},
                {"name": "single.png", "mimeType": "image/png", "buffer": _png_bytes()}])
     page.get_by_text(re.compile(r"\d+ images scored")).wait_for()
@@ -213,7 +219,7 @@ def test_every_page_slider_and_uploads_in_a_real_browser(server, browser, shots)
 def test_an_upload_shows_its_nearest_id_training_images(server_with_data, browser, shots):
     page = _page(browser, server_with_data, "upload")
     _settled(page)
-    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+    _uploader(page, "Images or .zip archives").set_input_files(
         files=[{"name": "shirt.png", "mimeType": "image/png", "buffer": _png_bytes()}])
     page.get_by_text("Its nearest ID training images in the model's own feature space").wait_for()
     _settled(page)
@@ -288,3 +294,72 @@ def test_two_browser_contexts_at_once_both_get_results(server, browser):
         c.close()
     assert all("at t = 500" in r for r in results)
     assert results[0] == results[1]  # same settings, same seed: same numbers
+
+
+@pytest.fixture
+def readme_server(tmp_path_factory):
+    yield from _start(tmp_path_factory, address=None, with_process=True)
+
+
+@pytest.fixture
+def open_server(tmp_path_factory):
+    """Bound to every interface, with no allowed folders: the tests still connect on 127.0.0.1 alone."""
+    yield from _start(tmp_path_factory, address="0.0.0.0")
+
+
+def test_the_server_started_as_the_readme_says_listens_on_loopback_only(readme_server):
+    import ipaddress
+
+    import psutil
+
+    url, proc = readme_server
+    listening = [c.laddr for c in psutil.Process(proc.pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert listening and all(ipaddress.ip_address(a.ip).is_loopback for a in listening), listening
+    assert urllib.request.urlopen(f"{url}/_stcore/health", timeout=5).read() == b"ok"
+
+
+def _type_ood_folder(page, path):
+    box = page.locator('[data-testid="stSidebar"] [data-testid="stTextInput"]').filter(has_text="Add an OOD folder")
+    box.locator("input").fill(path)
+    box.locator("input").press("Enter")
+    _settled(page)
+
+
+def test_server_paths_that_hold_no_images_are_one_line(server, browser, shots):
+    page = _page(browser, server, "reconstruct")
+    _settled(page)
+    for path in ("/", "/proc"):
+        _type_ood_folder(page, path)
+        page.get_by_text(re.compile(f"^{re.escape(path)} is ")).first.wait_for()
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert page.get_by_text("Traceback").count() == 0
+        page.get_by_text("mean MSE").first.wait_for()  # the ID column still works
+    page.screenshot(path=str(shots / "server-path-refused.png"), full_page=True)
+    page.close()
+
+
+def test_an_open_server_refuses_its_folders_and_takes_an_uploaded_set(open_server, browser, shots):
+    page = _page(browser, open_server, "reconstruct")
+    _settled(page)
+    _type_ood_folder(page, "/usr/share")
+    page.get_by_text(re.compile("reading the server's folders is off .* DIFFOOD_ALLOWED_ROOTS")).wait_for()
+    assert page.locator('[data-testid="stException"]').count() == 0
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i in range(12):
+            z.writestr(f"mine/{i:02d}.png", _png_bytes())
+    _uploader(page, "Or upload an OOD set").set_input_files(
+        files=[{"name": "mine.zip", "mimeType": "application/zip", "buffer": buf.getvalue()}])
+    _settled(page)
+    page.get_by_text("uploaded mine.zip (12 images)").first.wait_for()
+    assert page.locator('[data-testid="stImage"]').count() >= 16  # 8 ID rows and 8 of the uploaded set
+    page.screenshot(path=str(shots / "uploaded-ood-set.png"), full_page=True)
+    for link, marker in (("Score histograms", "ID accepted (TPR)"), ("ROC / AUROC vs t", "Download CSV")):
+        page.get_by_role("link", name=link).click()
+        _settled(page)
+        compute = page.get_by_role("button", name="Compute now")
+        if compute.count():
+            compute.click()
+            _settled(page)
+        page.get_by_text(marker).first.wait_for()
+    page.close()

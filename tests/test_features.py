@@ -26,7 +26,7 @@ from diffood.features import (
     load_bank,
 )
 from diffood.images import to_model_input
-from diffood.model import load_checkpoint, save_checkpoint
+from diffood.model import load_checkpoint
 from diffood.scoring import Detector, KnnTerm, feature_distances
 from diffood.select import SelectConfig, choose, detector_of, score_candidates
 from diffood.sets import load_images

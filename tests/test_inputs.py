@@ -104,3 +104,105 @@ def test_batches_score_as_single_images_do(tiny_checkpoint, chunk):
     one = judge_entries(entries[2:3], ckpt, ref)
     assert list(table["error"] == "") == [True, False, True, False]
     assert np.isclose(table.loc[2, "score"], one.loc[0, "score"], atol=1e-4)
+
+
+def _zeros_zip(path, mib: int) -> None:
+    """A zip holding one entry of `mib` MiB of zeros: about a thousandth of that on disk."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z, z.open("zeros.png", "w", force_zip64=True) as f:
+        chunk = bytes(2**20)
+        for _ in range(mib):
+            f.write(chunk)
+
+
+def test_a_bomb_is_refused_by_its_header_everywhere_without_decompressing(tmp_path, monkeypatch):
+    from diffood.datasets import DataSpec, DataSpecError, load_split
+
+    bomb = tmp_path / "bomb.zip"
+    _zeros_zip(bomb, 200)
+    opened = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, *a, **k: opened.append(a) or real_open(self, *a, **k))
+    with pytest.raises(DataSpecError, match="over the 50 MiB limit per image"):  # as training data
+        load_split(DataSpec(str(bomb)), "train", tmp_path, False)
+    [entry] = collect([str(bomb)])  # as an argument of `score`
+    assert "over the 50 MiB limit" in entry.error and entry.data is None
+    [entry] = expand("bomb.zip", bomb.read_bytes())  # as an upload
+    assert "over the 50 MiB limit" in entry.error
+    assert opened == []  # no entry was ever opened
+
+
+def test_hidden_entries_and_macos_folders_are_skipped_in_archives_and_folders(tmp_path):
+    data = _zip({"a.png": _png(), "__MACOSX/._a.png": b"junk", ".hidden.png": _png(), "d/.DS_Store": b"x", "x.gif": _png()})
+    assert [e.name for e in read_archive("s.zip", data)] == ["s.zip/a.png", "s.zip/x.gif"]
+    (tmp_path / "__MACOSX").mkdir()
+    (tmp_path / "__MACOSX" / "._a.png").write_bytes(b"junk")
+    (tmp_path / ".b.png").write_bytes(_png())
+    (tmp_path / "a.gif").write_bytes(_png())
+    assert [e.name for e in collect([str(tmp_path)])] == [str(tmp_path / "a.gif")]
+
+
+def test_a_folder_scan_is_bounded_and_says_why_it_stopped(tmp_path):
+    from diffood.inputs import InputError, ScanLimits, scan_folder
+
+    for i in range(30):
+        (tmp_path / f"{i}.png").write_bytes(b"")
+    deep = tmp_path
+    for i in range(4):
+        deep = deep / f"d{i}"
+        deep.mkdir()
+    (deep / "deep.png").write_bytes(b"")
+    with pytest.raises(InputError, match="stopped scanning after 10 entries"):
+        scan_folder(tmp_path, ScanLimits(entries=10))
+    scan = scan_folder(tmp_path, ScanLimits(depth=2))
+    assert len(scan.files) == 30 and scan.too_deep == 1 and "deeper than" in " ".join(scan.notes())
+    assert len(scan_folder(tmp_path).files) == 31
+    [entry] = collect([str(tmp_path)], scan=ScanLimits(entries=10))
+    assert "stopped scanning" in entry.error
+
+
+@pytest.mark.slow
+def test_training_on_a_one_gigabyte_bomb_is_one_line_in_little_memory(tmp_path):
+    """`diffood train --data` a zip with 1 GiB of zeros in one entry (1 MB on disk)."""
+    import resource
+    import subprocess
+    import sys
+
+    bomb = tmp_path / "x.zip"
+    _zeros_zip(bomb, 1024)
+    proc = subprocess.run([sys.executable, "-m", "diffood", "train", "--data", str(bomb), "--run-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [proc.stderr.strip()]
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 1.5 * 2**20  # KiB: peak RSS under 1.5 GiB
+
+
+def test_server_paths_are_free_on_loopback_and_confined_to_allowed_roots_elsewhere(tmp_path, monkeypatch):
+    from diffood.access import AccessError, check_server_path, is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.2")
+    assert not is_loopback("0.0.0.0") and not is_loopback("") and not is_loopback("192.168.1.4")
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (allowed / "escape").symlink_to(outside)
+    monkeypatch.delenv("DIFFOOD_ALLOWED_ROOTS", raising=False)
+    assert check_server_path(str(outside), "127.0.0.1") == outside.resolve()
+    with pytest.raises(AccessError, match="DIFFOOD_ALLOWED_ROOTS"):
+        check_server_path(str(allowed), "0.0.0.0")
+    monkeypatch.setenv("DIFFOOD_ALLOWED_ROOTS", str(allowed))
+    assert check_server_path(str(allowed / "sub"), "0.0.0.0") == (allowed / "sub").resolve()
+    for refused in (outside, allowed / "escape", allowed / ".." / "outside", "/usr/share"):
+        with pytest.raises(AccessError, match="outside the folders this server allows"):
+            check_server_path(str(refused), "0.0.0.0")
+
+
+def test_an_upload_becomes_a_folder_named_by_its_content(tmp_path):
+    from diffood.inputs import InputError, store_images
+
+    entries = read_archive("set.zip", _zip({"../../evil.png": _png(), "a/b.png": _png(0), "c.png": _png(), "x.txt": b"t"}))
+    folder, n, skipped = store_images(entries, tmp_path)
+    assert n == 2 and sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png"]
+    assert len(skipped) == 2 and folder.parent == tmp_path  # the climbing entry was refused, never written
+    assert store_images(entries, tmp_path)[0] == folder
+    with pytest.raises(InputError, match="no images"):
+        store_images(read_archive("t.zip", _zip({"x.txt": b"t"})), tmp_path)

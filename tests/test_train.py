@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import textwrap
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -11,8 +12,9 @@ from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
 from diffood import train as train_module
+from diffood.datasets import DataSpec
 from diffood.errors import CheckpointError
-from diffood.model import load_checkpoint
+from diffood.model import ModelConfig, load_checkpoint
 from diffood.train import TrainConfig, batch_indices, export_run, lr_at, run
 from tests.conftest import DATA_DIR, ROOT, TINY, needs_data
 
@@ -132,3 +134,25 @@ def test_torchrun_two_cpu_ranks_end_with_identical_weights(tmp_path):
     ref = single.model.state_dict()
     assert all(torch.allclose(r0[k], ref[k], atol=1e-4) for k in r0)
 
+
+
+@needs_data
+def test_the_loss_falls_over_a_few_dozen_steps(tmp_path):
+    """Training learns: a step that changed nothing (or the wrong thing) would leave the loss where it began."""
+    trainer = train_module.Trainer(TrainConfig(run_dir=str(tmp_path / "l"), model=TINY, epochs=10, batch_size=16,
+                                               limit_images=64, warmup_steps=3, data_dir=str(DATA_DIR)), device="cpu")
+    losses = [trainer.train_step() for _ in range(40)]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+
+
+def test_a_set_smaller_than_the_batch_trains_in_batches_of_the_set(tmp_path, capsys):
+    from tests.test_datasets import write_shapes
+
+    write_shapes(tmp_path / "few", n_per_class=24, size=28)  # 48 images: 40 train, 4 val, 4 test
+    cfg = TrainConfig(run_dir=str(tmp_path / "r"), data=DataSpec(str(tmp_path / "few"), 28, 3),
+                      model=ModelConfig(**{**asdict(TINY), "channels": 3}), batch_size=128, epochs=5)
+    trainer = run(cfg, max_steps=2, progress=False, export_dir=tmp_path / "ckpt")
+    assert trainer.cfg.batch_size == 40 and trainer.step == 2
+    assert "training with batches of 40" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "ckpt").meta.training["images_seen"] == 80

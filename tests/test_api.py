@@ -1,0 +1,126 @@
+"""The Python API on the shipped models, offline: accuracy from PNG bytes, verdicts on clear cases, inputs
+of every kind scoring alike, references tied to their settings, and each model's own default OOD set."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import diffood
+from diffood.errors import CheckpointError, DiffoodError
+from diffood.evaluate import EvalConfig, evaluate
+from diffood.metrics import auroc
+from diffood.model import SHIPPED_MODELS, load_checkpoint
+from diffood.sets import load_images
+from tests.conftest import DATA_DIR, needs_data
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory):
+    """No data folder: the shipped sample bundle is all there is."""
+    return tmp_path_factory.mktemp("no-data")
+
+
+@pytest.fixture
+def scorer(offline, monkeypatch):
+    monkeypatch.setenv("DIFFOOD_DATA_DIR", str(offline))
+    return diffood.load(device="cpu")
+
+
+def _png(image: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image[0].numpy()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_the_default_score_separates_fashionmnist_from_mnist_from_png_bytes(scorer, offline):
+    fashion = load_images("fashionmnist", "test", 256, 0, data_dir=offline)
+    digits = load_images("mnist", "test", 256, 0, data_dir=offline)
+    id_table = scorer.score([_png(x) for x in fashion])
+    ood_table = scorer.score([_png(x) for x in digits])
+    assert (id_table["error"] == "").all() and (ood_table["error"] == "").all()
+    assert auroc(id_table["score"], ood_table["score"]) >= 0.99
+    # the verdicts follow the threshold, which accepts 95 % of ID validation images
+    assert (ood_table["verdict"] == "likely OOD").mean() >= 0.95
+    assert (id_table["verdict"] == "looks in-distribution").mean() >= 0.9
+    assert (id_table["verdict"] == "likely OOD").eq(id_table["score"] > scorer.threshold).all()
+    assert (id_table["threshold"] == scorer.threshold).all() and (id_table["tpr"] == 0.95).all()
+
+
+def test_clear_cases_get_the_right_verdict(scorer, offline):
+    shirt = load_images("fashionmnist", "test", 1, 0, data_dir=offline)[0]
+    digit = load_images("mnist", "test", 1, 0, data_dir=offline)[0]
+    noise = np.random.default_rng(0).random((28, 28))
+    table = scorer.score([_png(shirt), _png(digit), noise])
+    assert list(table["verdict"]) == ["looks in-distribution", "likely OOD", "likely OOD"]
+    assert table.loc[0, "percentile"] < 95 < table.loc[1, "percentile"]
+
+
+def test_every_kind_of_input_scores_as_its_png_does(scorer, offline, tmp_path):
+    image = load_images("fashionmnist", "test", 2, 0, data_dir=offline)[1]  # uint8 (1, 28, 28)
+    path = tmp_path / "x.png"
+    path.write_bytes(_png(image))
+    inputs = [str(path), path, _png(image), image, image.numpy(), image[0].numpy(), image.float() / 255,
+              Image.fromarray(image[0].numpy()), Image.fromarray(image[0].numpy()).convert("RGB")]
+    table = scorer.score(inputs)
+    assert (table["error"] == "").all()
+    np.testing.assert_allclose(table["score"], table.loc[0, "score"], atol=1e-5)
+    assert list(table["file"][:2]) == [str(path)] * 2 and table.loc[2, "file"] == "#2"
+    bad = scorer.score([np.zeros((2, 3, 4, 5)), b"not an image"])
+    assert list(bad["verdict"]) == ["error", "error"] and "shape" in bad.loc[0, "error"]
+
+
+def test_explain_names_the_nearest_training_images(scorer):
+    shirt = load_images("fashionmnist", "test", 1, 0)[0]  # the real data folder: the bank's images are there
+    why = scorer.explain(_png(shirt), n=3)
+    assert len(why.neighbours) == 3 and why.neighbours["distance"].is_monotonic_increasing
+    assert why.verdict.nearest_distance == pytest.approx(float(why.neighbours["distance"].iloc[0]), abs=2e-3)
+    if why.images is not None:  # with the training images at hand
+        assert why.images.shape == (3, 1, 28, 28)
+    else:
+        assert why.note
+
+
+@needs_data
+def test_a_reference_scores_only_with_its_own_settings(scorer, offline, monkeypatch):
+    monkeypatch.setenv("DIFFOOD_DATA_DIR", str(DATA_DIR))  # validation images at seed 7: beyond the bundle
+    ref = scorer.reference
+    assert (ref.sampler, ref.steps, ref.seed) == ("strided", 5, 0)
+    ckpt = scorer.checkpoint
+    cfg = EvalConfig(checkpoint=str(ckpt.path), ood=(), seed=7, steps=3, n_val=20, lpips=False, device="cpu")
+    result = evaluate(cfg, ckpt)
+    seeded = diffood.Scorer(ckpt, type(ref).from_result(result, "reconstruction"), lpips=None)
+    assert (seeded.reference.seed, seeded.reference.steps) == (7, 3)
+    image = load_images("fashionmnist", "test", 1, 0, data_dir=offline)[0]
+    calls = []
+    import diffood.verdict as verdict
+
+    real = verdict.score_images
+    monkeypatch.setattr(verdict, "score_images", lambda *a, **k: calls.append((a[4], a[5], a[6])) or real(*a, **k))
+    seeded.score([image])
+    assert calls == [("strided", 3, 7)]  # the image is scored with the reference's sampler, steps and seed
+
+
+def test_tpr_sets_the_threshold_as_the_validation_quantile(offline, monkeypatch):
+    monkeypatch.setenv("DIFFOOD_DATA_DIR", str(offline))
+    strict = diffood.load(tpr=0.99, device="cpu")
+    assert strict.threshold == pytest.approx(np.quantile(strict.reference.val_scores, 0.99, method="higher"))
+    assert np.mean(strict.reference.val_scores <= strict.threshold) >= 0.99
+    with pytest.raises(DiffoodError, match="between 0 and 1"):
+        diffood.load(tpr=95, device="cpu")
+
+
+def test_shipped_models_by_name_and_their_own_default_ood(offline, monkeypatch):
+    monkeypatch.setenv("DIFFOOD_DATA_DIR", str(offline))
+    assert load_checkpoint("mnist").path == SHIPPED_MODELS["mnist"]
+    mnist = diffood.load("mnist", device="cpu")
+    summary = mnist.evaluate()  # defaults: the MNIST model's own OOD set, FashionMNIST, from its shipped tables
+    assert set(summary["ood"]) == {"fashionmnist"}
+    default = summary.set_index("metric").loc["default"]
+    assert default["auroc"] > 0.99 and {"aupr_in", "aupr_out"} <= set(summary.columns)
+    with pytest.raises(DiffoodError, match="ID set"):
+        mnist.evaluate(ood=["mnist"])
+    with pytest.raises(CheckpointError, match="shipped models by name"):
+        load_checkpoint("no-such-model")

@@ -1,0 +1,71 @@
+"""The package as users get it: no import cycles, a wheel that carries both models and the dashboard, and
+`diffood app` with the shipped Streamlit settings."""
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from diffood.cli import app_script, streamlit_flags
+from tests.conftest import ROOT
+
+
+def _imports() -> dict[str, set[str]]:
+    """diffood's modules and the diffood modules each imports, imports inside functions included."""
+    mods = {p.stem: p for p in (ROOT / "diffood").glob("*.py") if p.stem != "__init__"}
+    graph = {m: set() for m in mods}
+    for m, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1 and node.module:
+                    graph[m].add(node.module.split(".")[0])
+                elif node.level == 1:
+                    graph[m] |= {a.name for a in node.names}
+                elif (node.module or "").startswith("diffood."):
+                    graph[m].add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                graph[m] |= {a.name.split(".")[1] for a in node.names if a.name.startswith("diffood.")}
+    return {m: deps & set(mods) - {m} for m, deps in graph.items()}
+
+
+def test_no_import_cycles_among_diffood_modules():
+    graph = _imports()
+    assert graph["verdict"] >= {"evaluate", "sets"} and "inputs" in graph["datasets"]  # the walk sees imports
+    cycles, done = [], set()
+
+    def visit(m, stack):
+        for dep in graph[m]:
+            if dep in stack:
+                cycles.append(stack[stack.index(dep):] + [dep])
+            elif dep not in done:
+                visit(dep, stack + [dep])
+        done.add(m)
+
+    for m in graph:
+        visit(m, [m])
+    assert not cycles, cycles
+
+
+def test_diffood_app_runs_the_dashboard_with_the_shipped_settings():
+    assert app_script() == ROOT / "app.py"
+    flags = streamlit_flags(ROOT / ".streamlit" / "config.toml")
+    assert {"--server.address=127.0.0.1", "--server.maxUploadSize=20", "--server.fileWatcherType=none",
+            "--server.headless=true"} <= set(flags)
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_both_models_the_dashboard_and_the_command(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+                    str(ROOT)], check=True, capture_output=True, timeout=600)
+    [wheel] = tmp_path.glob("diffood-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = [p.relative_to(ROOT).as_posix() for p in (ROOT / "diffood" / "assets").rglob("*") if p.is_file()]
+    assert any("model-mnist/" in n for n in shipped) and set(shipped) <= names  # every asset, both models
+    assert {"diffood_app/app.py", "diffood_app/pages/common.py", "diffood_app/.streamlit/config.toml"} <= names
+    info = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "diffood = diffood.cli:main" in zipfile.ZipFile(wheel).read(info).decode()
+    assert any(n.endswith("licenses/LICENSE") for n in names)
+    assert not any(Path(n).name == "state.safetensors" for n in names)
