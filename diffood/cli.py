@@ -107,7 +107,7 @@ def _add_common(p, sampler=True, compile=False) -> None:
     if compile:
         p.add_argument("--compile", default="auto", choices=list(COMPILE_MODES),
                        help="torch.compile the UNet with inductor freezing for long runs: auto = where it was "
-                            "measured to repay its first call (README, Performance)")
+                            "measured to repay its first call (docs/performance.md)")
     p.add_argument("--data-dir", help="torchvision data folder (default $DIFFOOD_DATA_DIR, then ~/.cache/diffood/data)")
     p.add_argument("--download", action="store_true", help="allow torchvision to download missing data sets")
 

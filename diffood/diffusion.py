@@ -27,7 +27,7 @@ SAMPLERS: dict[str, str] = {
     "plms": f"PLMS (diffusers PNDMScheduler) on a {PLMS_GRID}-step grid from t (about t/{1000 // PLMS_GRID} calls)",
 }
 STEPPED = ("strided", "ddim")  # the samplers that take `steps`; the others' cost is set by t
-DEFAULT_SAMPLER, DEFAULT_STEPS = "strided", 5  # tracks `chain` (benchmarks/samplers.py); 10 steps gained nothing (README)
+DEFAULT_SAMPLER, DEFAULT_STEPS = "strided", 5  # tracks `chain` (benchmarks/samplers.py); 10 steps gained nothing (docs/selection.md)
 
 
 def sampler_name(sampler: str, steps: int) -> str:

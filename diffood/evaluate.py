@@ -43,7 +43,7 @@ DEFAULT_TS = (100, 300, 500, 600, 700, 800, 900)
 # multi-t (Graham et al.'s z-mean) combines the upper half: below t = T/2 the error tracks how much ink an image has
 # rather than whether it is in-distribution (MNIST digits, mostly black, then reconstruct *better*)
 DEFAULT_MULTI_TS = tuple(t for t in DEFAULT_TS if t >= 500)
-# What `python -m diffood select` chose on proxy OOD sets (README "Choosing the default score"). Among
+# What `python -m diffood select` chose on proxy OOD sets (docs/selection.md). Among
 # reconstruction errors: MSE at t = 700 over 4 noise draws. Over every candidate, the default score: the
 # feature term alone, the distance to the nearest of all 58,000 training images in max-pooled up_blocks.0
 # features at t = 50, one call per image. Its bank ships with the checkpoint (`python -m diffood bank`).
@@ -121,7 +121,7 @@ class EvalConfig:
 
     def cache_key(self, checkpoint_sha: str, lpips_available: bool) -> str:
         """Settings that change a score. Not the draws, t or sets (the table holds each one computed), and
-        not the precision: bf16 and fp32 tables agree within 0.002 AUROC (README, Performance)."""
+        not the precision: bf16 and fp32 tables agree within 0.002 AUROC (docs/performance.md)."""
         steps = self.steps if self.sampler in STEPPED else None  # the other samplers ignore it
         settings = {"checkpoint": checkpoint_sha, "sampler": self.sampler, "steps": steps, "n": self.n,
                     "n_val": self.n_val, "seed": self.seed, "lpips": lpips_available, "version": SCORES_VERSION}

@@ -28,7 +28,7 @@ META_NAME = "diffood.json"
 FORMAT_VERSION = 1
 # `--compile auto`: where compiling was measured to repay its first call, and from how many network calls.
 # AMX Xeon, bf16: 495 -> 752 calls/s after a 31 s first call, even at about 45,000 calls. Zen 4 (AVX-512-bf16,
-# no AMX): 405 -> 439 calls/s after 23-48 s, even only past 120,000-250,000 calls: left eager (README, Performance)
+# no AMX): 405 -> 439 calls/s after 23-48 s, even only past 120,000-250,000 calls: left eager (docs/performance.md)
 COMPILE_PAYS_FROM_CALLS = 50_000
 DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "model"  # the shipped, trained model: FashionMNIST
 # every shipped model, by the name that stands for it wherever a checkpoint is taken, and its label in the app
@@ -240,7 +240,7 @@ def compile_for_inference(model: UNet2DModel, precision: str) -> torch.nn.Module
 
 def resolve_compile(mode: str, calls: int, device: torch.device | str) -> bool:
     """Whether to compile for a run of `calls` network calls: `auto` compiles on CPU only when the run is
-    long enough for the measured gain per call to repay the first call (README, Performance)."""
+    long enough for the measured gain per call to repay the first call (docs/performance.md)."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {mode!r}; choose one of {list(COMPILE_MODES)}")
     if mode != "auto":

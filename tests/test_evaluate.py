@@ -178,7 +178,7 @@ def test_the_cache_key_follows_steps_only_for_the_samplers_that_take_them():
     key = lambda **kw: EvalConfig(**kw).cache_key("sha", True)  # noqa: E731
     assert key(sampler="strided", steps=10) != key(sampler="strided", steps=20) != key(sampler="ddim", steps=20)
     assert key(sampler="chain", steps=10) == key(sampler="chain", steps=20)
-    assert key(draws=1) == key(draws=5) == key(precision="bf16")  # tables hold every draw; precision: README
+    assert key(draws=1) == key(draws=5) == key(precision="bf16")  # tables hold every draw; precision: docs/performance.md
 
 
 @needs_data
