@@ -351,7 +351,9 @@ def test_an_open_server_refuses_its_folders_and_takes_an_uploaded_set(open_serve
     _uploader(page, "Or upload an OOD set").set_input_files(
         files=[{"name": "mine.zip", "mimeType": "application/zip", "buffer": buf.getvalue()}])
     _settled(page)
-    page.get_by_text("uploaded mine.zip (12 images)").first.wait_for()
+    page.get_by_role("heading", name="uploaded mine.zip (12 images)").wait_for()
+    page.get_by_text("mean MSE").nth(1).wait_for()  # the uploaded set's column, reconstructed
+    _settled(page)
     assert page.locator('[data-testid="stImage"]').count() >= 16  # 8 ID rows and 8 of the uploaded set
     page.screenshot(path=str(shots / "uploaded-ood-set.png"), full_page=True)
     for link, marker in (("Score histograms", "ID accepted (TPR)"), ("ROC / AUROC vs t", "Download CSV")):
