@@ -170,7 +170,7 @@ def _progress_bar():
 
 
 def _add_evaluate(sub) -> None:
-    from .evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, SCORES, EvalConfig
+    from .evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, FEATURE_CURVE_TS, SCORES, EvalConfig
     from .features import KS
 
     p = sub.add_parser("evaluate", help="score ID vs OOD sets over t; print AUROC / FPR95, write CSVs")
@@ -187,6 +187,11 @@ def _add_evaluate(sub) -> None:
                    help="the default score: the feature-bank term, the reconstruction score, or both z-averaged")
     p.add_argument("--knn-k", type=int, default=EvalConfig.knn_k, choices=list(KS), help="the feature term's k")
     p.add_argument("--knn-draws", type=int, default=EvalConfig.knn_draws, help="noise draws the feature term averages")
+    p.add_argument("--feature-t", nargs="*", type=int, default=[],
+                   help=f"more noise levels t_f for the feature term's curve, one call each and a bank per t_f "
+                        f"(the ROC page's: {' '.join(map(str, FEATURE_CURVE_TS))})")
+    p.add_argument("--tpr", type=float, default=EvalConfig.tpr,
+                   help="the verdicts' target ID acceptance: the summary's threshold and the shares it accepts")
     p.add_argument("--n", "--images", dest="n", type=int, default=EvalConfig.n,
                    help=f"ID test images, and images per OOD set{TORCHRUN_NOTE}")
     p.add_argument("--n-val", type=int, default=EvalConfig.n_val, help="ID validation images (z-score statistics)")
@@ -203,7 +208,7 @@ def _cmd_evaluate(a) -> int:
     ckpt = _load(a)
     cfg = EvalConfig(checkpoint=a.checkpoint, ood=tuple(a.ood) if a.ood else None, ts=tuple(a.t), multi_ts=None if a.multi_t == ["all"] else tuple(map(int, a.multi_t)),
                      draws=a.draws, detector_ts=tuple(a.detector_t), detector_metrics=tuple(a.detector_metrics),
-                     score=a.score, knn_k=a.knn_k, knn_draws=a.knn_draws,
+                     score=a.score, knn_k=a.knn_k, knn_draws=a.knn_draws, feature_ts=tuple(a.feature_t), tpr=a.tpr,
                      sampler=a.sampler, steps=a.steps, n=a.n, n_val=a.n_val, seed=a.seed, lpips=not a.no_lpips,
                      recompute=a.recompute, precision=a.precision, batch_size=a.batch_size, data_dir=a.data_dir,
                      cache_dir=a.cache_dir, device=a.device)

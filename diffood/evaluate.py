@@ -28,10 +28,10 @@ from filelock import FileLock, Timeout
 from . import distributed
 from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, STEPPED, default_device, make_scheduler, network_calls
 from .errors import DiffoodError
-from .features import KNN_METRICS, FeatureBank, FeatureSpec, checkpoint_bank
+from .features import KNN_METRICS, FeatureBank, FeatureSpec, bank_at, checkpoint_bank
 from .files import atomic_path, atomic_write_text, move_aside
 from .images import to_model_input
-from .metrics import aupr_in, aupr_out, auroc, fpr_at_95_tpr
+from .metrics import aupr_in, aupr_out, auroc, fpr_at_95_tpr, rates_at_threshold, threshold_at_tpr
 from .model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 from .perceptual import get_lpips
 from .scoring import METRICS, Detector, KnnTerm, draw_column, feature_distances, score_images
@@ -49,6 +49,7 @@ DEFAULT_MULTI_TS = tuple(t for t in DEFAULT_TS if t >= 500)
 # features at t = 50, one call per image. Its bank ships with the checkpoint (`python -m diffood bank`).
 RECONSTRUCTION_DETECTOR = Detector(ts=(700,), draws=4, metrics=("mse",))
 DEFAULT_KNN = KnnTerm(FeatureSpec("up_blocks.0", 50, "max"), k=1, draws=1, bank=58_000)
+FEATURE_CURVE_TS = (1, 10, 25, 50, 100, 200, 300, 500)  # the feature term's noise levels the ROC page plots
 SCORES = ("features", "reconstruction", "both")  # what the default score is made of; "both": the z-mean of the two
 DEFAULT_SCORE = "features"
 # the combined scores by name, in tables and pages
@@ -56,7 +57,8 @@ DEFAULT, RECONSTRUCTION, FEATURES, COMBINED, MULTI_T = "default", "reconstructio
 KEY_COLUMNS = ["dataset", "split", "role", "index", "t", "draw"]
 SCORE_COLUMNS = [*KEY_COLUMNS, *METRICS]
 FEATURE_COLUMNS = [*KEY_COLUMNS, *KNN_METRICS]
-SUMMARY_COLUMNS = ["ood", "metric", "t", "auroc", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood", "calls"]
+SUMMARY_COLUMNS = ["ood", "metric", "t", "auroc", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood", "calls", "tpr",
+                   "threshold", "id_accepted", "ood_accepted"]
 
 
 class CacheWarning(UserWarning):
@@ -81,6 +83,8 @@ class EvalConfig:
     detector_metrics: tuple[str, ...] = RECONSTRUCTION_DETECTOR.metrics
     knn_k: int = DEFAULT_KNN.k  # the feature term's k and noise draws; the rest of it comes from the bank
     knn_draws: int = DEFAULT_KNN.draws
+    feature_ts: tuple[int, ...] = ()  # more t_f for the feature term's curve (one draw each; a bank per t_f)
+    tpr: float = 0.95  # the verdicts' target ID acceptance: the summary's threshold and the shares it accepts
     sampler: str = DEFAULT_SAMPLER
     steps: int = DEFAULT_STEPS
     n: int = 1000  # ID test images, and images per OOD set
@@ -173,20 +177,24 @@ class EvalResult:
 
 
 def summarize(scores: pd.DataFrame, detectors: dict[str, Detector], sampler: str = DEFAULT_SAMPLER,
-              steps: int = DEFAULT_STEPS) -> pd.DataFrame:
+              steps: int = DEFAULT_STEPS, knn_metric: str | None = None, tpr: float = 0.95) -> pd.DataFrame:
     """AUROC, FPR95, AUPR-In and AUPR-Out (metrics.py) of ID test vs each OOD set: per reconstruction
-    metric and t (draw 0), and per combined score."""
+    metric and t (draw 0), per t_f of the feature term (`knn_metric`: one call each), and per combined
+    score, whose rows also hold the threshold accepting `tpr` of ID validation images and the shares of
+    ID test and OOD images it accepts."""
     reference = scores[scores["role"] == "id_val"]
-    single = scores[(draw_column(scores) == 0) & scores["mse"].notna()]
-    id_rows = single[single["role"] == "id"]
+    first = scores[draw_column(scores) == 0]
+    per_t = [(m, first[first[m].notna()], lambda t: network_calls(sampler, steps, t)) for m in METRICS]
+    if knn_metric in scores.columns:
+        per_t.append((knn_metric, first[first[knn_metric].notna()], lambda t: 1))
     rows = []
     for ood in scores.loc[scores["role"] == "ood", "dataset"].unique():
-        ood_rows = single[(single["role"] == "ood") & (single["dataset"] == ood)]
-        for t in sorted(set(ood_rows["t"]) & set(id_rows["t"])):
-            a, b = id_rows[id_rows["t"] == t], ood_rows[ood_rows["t"] == t]
-            for m in METRICS:
-                if a[m].notna().all() and b[m].notna().all():
-                    rows.append([ood, m, t, *_rates(a[m], b[m]), len(a), len(b), network_calls(sampler, steps, t)])
+        for m, single, calls in per_t:
+            id_rows = single[single["role"] == "id"]
+            ood_rows = single[(single["role"] == "ood") & (single["dataset"] == ood)]
+            for t in sorted(set(ood_rows["t"]) & set(id_rows["t"])):
+                a, b = id_rows.loc[id_rows["t"] == t, m], ood_rows.loc[ood_rows["t"] == t, m]
+                rows.append([ood, m, t, *_rates(a, b), len(a), len(b), calls(t), *[np.nan] * 4])
         these = scores[scores["role"].eq("id") | (scores["role"].eq("ood") & scores["dataset"].eq(ood))]
         for name, det in detectors.items():
             try:
@@ -195,7 +203,9 @@ def summarize(scores: pd.DataFrame, detectors: dict[str, Detector], sampler: str
                 continue
             a, b = s.loc[s["role"] == "id", "score"], s.loc[s["role"] == "ood", "score"]
             if len(a) and len(b):
-                rows.append([ood, name, np.nan, *_rates(a, b), len(a), len(b), det.calls(sampler, steps)])
+                threshold = threshold_at_tpr(det.scores(reference, reference)["score"], tpr)
+                rows.append([ood, name, np.nan, *_rates(a, b), len(a), len(b), det.calls(sampler, steps), tpr,
+                             threshold, *rates_at_threshold(a, b, threshold)])
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -276,10 +286,13 @@ def _tables(cfg: EvalConfig, checkpoint: Checkpoint, lpips_net, bank: FeatureBan
         {"checkpoint_sha256": checkpoint.sha256, **settings, "precision": checkpoint.precision})]
     knn = next((d.knn for d in cfg.detectors(bank).values() if d.knn), None)
     if knn is not None:
+        need = {**{t: 1 for t in cfg.feature_ts}, knn.spec.t: knn.draws}
+        cache = cfg.cache_dir or default_cache_dir()
         tables.append(_Table(
-            "features", cfg.feature_key(checkpoint.sha256, bank), FEATURE_COLUMNS, {knn.spec.t: knn.draws},
-            lambda x, t, draws, step: feature_distances(model, x, bank, draws, cfg.seed, checkpoint.precision,
-                                                        cfg.batch_size, progress=step),
+            "features", cfg.feature_key(checkpoint.sha256, bank), FEATURE_COLUMNS, need,
+            lambda x, t, draws, step: feature_distances(
+                model, x, bank_at(checkpoint, bank, t, cfg.data_dir, cache, cfg.batch_size), draws, cfg.seed,
+                checkpoint.precision, cfg.batch_size, progress=step),
             {"checkpoint_sha256": checkpoint.sha256, "bank": bank.metadata(), "n": cfg.n, "n_val": cfg.n_val,
              "seed": cfg.seed, "knn_draws": knn.draws, "precision": checkpoint.precision}))
     return tables
@@ -365,7 +378,8 @@ def evaluate(
         scores = scores.merge(other, on=KEY_COLUMNS, how="outer", sort=False)
     scores = scores.astype({"index": int, "t": int, "draw": int}).reset_index(drop=True)
     result = EvalResult(scores, pd.DataFrame(columns=SUMMARY_COLUMNS), cfg, found, computed, bank, notes)
-    result.summary = summarize(scores, result.detectors, cfg.sampler, cfg.steps)
+    knn = next((d.knn for d in result.detectors.values() if d.knn), None)
+    result.summary = summarize(scores, result.detectors, cfg.sampler, cfg.steps, knn.metric if knn else None, cfg.tpr)
     return result
 
 

@@ -251,6 +251,27 @@ def build_bank(checkpoint, spec: FeatureSpec, n: int | None = 10_000, seed: int 
     return FeatureBank(spec, embeddings.half(), checkpoint.sha256, source)
 
 
+def bank_at(checkpoint, bank: FeatureBank, t: int, data_dir=None, cache_dir=None, batch_size: int = 256,
+            progress: Callable[[int, int], None] | None = None) -> FeatureBank:
+    """The same bank (layer, pooling, images, seed) embedded at another t: the checkpoint's own at its t,
+    else read from `cache_dir`/banks or built from the training images and kept there."""
+    if t == bank.spec.t:
+        return bank
+    spec = FeatureSpec(bank.spec.layer, t, bank.spec.pooling)
+    n, seed = bank.source.get("n"), bank.source.get("seed", 0)
+    path = Path(cache_dir) / "banks" / f"{checkpoint.sha256[:16]}-{spec.layer}-{spec.pooling}-t{t}-n{n}-s{seed}.safetensors" \
+        if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            return load_bank(path, checkpoint.sha256, layer_channels(checkpoint.model, spec.layer))
+        except BankError:  # a damaged cached bank is built again
+            path.unlink(missing_ok=True)
+    built = build_bank(checkpoint, spec, n, seed, data_dir, batch_size, progress)
+    if path is not None:
+        built.save(path)
+    return built
+
+
 def bank_noise(n: int, t: int, seed: int, image_shape: tuple[int, ...] = (1, 28, 28)) -> torch.Tensor:
     """The noise bank image i gets: a stream of the seed that no score draws from, so a query never
     shares its noise with the bank row of the same index."""

@@ -64,6 +64,7 @@ PAGES = {
     "reconstruct": ("Reconstruct", ":material/autorenew:", "reconstruct"),
     "histograms": ("Score histograms", ":material/bar_chart:", "histograms"),
     "roc": ("ROC / AUROC vs t", ":material/show_chart:", "roc"),
+    "features": ("Feature space", ":material/scatter_plot:", "features"),
     "upload": ("Score your image", ":material/image_search:", "upload"),
 }
 
@@ -235,7 +236,7 @@ def eval_config(reference_only: bool = False) -> EvalConfig:
                       ts=tuple(sorted(s["eval_ts"])), multi_ts=tuple(sorted(set(s["multi_ts"]) & set(s["eval_ts"]))) or None,
                       draws=int(s["draws"]), sampler=s["sampler"], steps=int(s["steps"]),
                       n=DEFAULTS["eval_n"] if reference_only else int(s["eval_n"]), seed=int(s["seed"]),
-                      device=str(default_device()))
+                      tpr=tpr(), device=str(default_device()))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -244,7 +245,7 @@ def _read_evaluation(config_json: str, sha: str, version: str) -> EvalResult:
     return evaluate(cfg, load_model(cfg.checkpoint))
 
 
-def evaluation(cfg: EvalConfig) -> EvalResult | None:
+def evaluation(cfg: EvalConfig, button: str = "Compute now") -> EvalResult | None:
     """The evaluation table for cfg if it needs no computing (shipped or cached); else a button that
     computes it with a progress bar. Returns None while it is not there."""
     ckpt = checkpoint()
@@ -254,9 +255,11 @@ def evaluation(cfg: EvalConfig) -> EvalResult | None:
     for w in caught:
         st.warning(str(w.message), icon=":material/warning:")
     if missing:
-        st.info(f"These settings have not been evaluated yet: {missing:,} reconstructions to run "
-                f"({', '.join(cfg.ood) or 'ID reference only'}; t = {', '.join(map(str, cfg.ts))}; n = {cfg.n}).")
-        if not st.button("Compute now", type="primary"):
+        banks = (f"; the feature term at t_f = {', '.join(map(str, cfg.feature_ts))}, each with a bank of the "
+                 f"training images") if cfg.feature_ts else ""
+        st.info(f"These settings have not been evaluated yet: {missing:,} images to run through the model "
+                f"({', '.join(cfg.ood) or 'ID reference only'}; t = {', '.join(map(str, cfg.ts))}; n = {cfg.n}{banks}).")
+        if not st.button(button, type="primary"):
             return None
         bar = st.progress(0.0, text="Scoring…")
         try:

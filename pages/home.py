@@ -40,6 +40,8 @@ AlexNet features.
     st.page_link(page("reconstruct"), label="Reconstruct: drag *t*, see what the model makes of each image", icon=":material/autorenew:")
     st.page_link(page("histograms"), label="Score histograms: ID vs OOD at one *t*", icon=":material/bar_chart:")
     st.page_link(page("roc"), label="ROC / AUROC vs t: where detection works; the default score, multi-*t* and the best single *t*", icon=":material/show_chart:")
+    st.page_link(page("features"), label="Feature space: where ID and OOD images lie for the default score; select to see them",
+                 icon=":material/scatter_plot:")
     st.page_link(page("upload"), label="Score your images: upload one, many or a .zip and get verdicts", icon=":material/image_search:")
 
 with right:

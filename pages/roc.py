@@ -1,20 +1,22 @@
 """ROC / AUROC vs t: the default score beside multi-t (Graham et al.'s z-mean over t) and the best single t; AUROC and FPR95
 against t per metric; ROC curves."""
 
+from dataclasses import replace
+
 import plotly.graph_objects as go
 import streamlit as st
 
-from diffood.evaluate import COMBINED, DEFAULT, FEATURES, MULTI_T, RECONSTRUCTION
+from diffood.evaluate import COMBINED, DEFAULT, FEATURE_CURVE_TS, FEATURES, MULTI_T, RECONSTRUCTION
 from diffood.metrics import POSITIVE_CLASS, roc_curve
 from diffood.scoring import METRICS
-from pages.common import checkpoint, evaluated_tables, through_app
+from pages.common import checkpoint, evaluated_tables, evaluation, through_app
 
 through_app()
 
 st.title("ROC / AUROC vs t")
 cfg, result = evaluated_tables()
 summary, scores, ood = result.summary, result.scores, cfg.ood[0]
-per_t = summary[summary["t"].notna()]
+per_t = summary[summary["t"].notna() & summary["metric"].isin(METRICS)]
 combined = summary[summary["t"].isna()].set_index("metric")
 metrics = [m for m in METRICS if m in set(per_t["metric"])]
 png = {"toImageButtonOptions": {"format": "png", "filename": "diffood_auroc"}}
@@ -67,6 +69,26 @@ for name, dash in ((DEFAULT, "solid"), (MULTI_T, "dash")):
         fig.add_hline(y=float(combined.loc[name, "fpr95"]), line_dash=dash, annotation_text=name)
 fig.update_layout(title="FPR at 95 % TPR vs t (lower is better)", xaxis_title="t", yaxis_title="FPR95", yaxis_range=[0, 1.02])
 st.plotly_chart(fig, config=png)
+
+knn = next((d.knn for d in result.detectors.values() if d.knn), None)
+if knn is not None:
+    st.subheader("The feature score against its noise level")
+    curve = evaluation(replace(cfg, feature_ts=FEATURE_CURVE_TS), button="Compute the feature curve")
+    if curve is not None:
+        rows = curve.summary[(curve.summary["metric"] == knn.metric) & (curve.summary["ood"] == ood)].sort_values("t")
+        chosen = rows[rows["t"] == knn.spec.t]
+        fig = go.Figure()
+        for rate, name, line in (("auroc", "AUROC", "#f0a43a"), ("fpr95", "FPR95", "#4c9be8")):
+            fig.add_scatter(x=rows["t"], y=rows[rate], mode="lines+markers", name=name, line_color=line)
+            fig.add_scatter(x=chosen["t"], y=chosen[rate], mode="markers", showlegend=False,
+                            marker=dict(symbol="star", size=16, color=line))
+        fig.add_vline(x=knn.spec.t, line_dash="dash", annotation_text=f"chosen t_f = {knn.spec.t}")
+        fig.update_layout(title=f"Feature score vs t_f: {checkpoint().data.label} vs {ood}", xaxis_title="t_f",
+                          xaxis_type="log", yaxis_range=[0, 1.02])
+        st.plotly_chart(fig, config=png)
+        st.caption(f"One network call per image at each t_f: {knn.describe().replace(f't = {knn.spec.t}', 't = t_f')}, "
+                   f"with a bank of the same training images embedded at that t_f. The star is the default "
+                   f"score's t_f, where the AUROC is the default score's.")
 
 st.subheader("ROC curves")
 c1, c2 = st.columns(2)

@@ -13,6 +13,7 @@ from PIL import Image
 from diffood.diffusion import make_scheduler, noise_for, reconstruct
 from diffood.errors import DiffoodError
 from diffood.evaluate import RECONSTRUCTION
+from diffood.featuremap import embed_upload
 from diffood.features import FeatureBank, bank_images
 from diffood.images import to_pixels
 from diffood.inputs import Entry, expand
@@ -25,6 +26,7 @@ from pages.common import (
     evaluation,
     load_model,
     lpips_net,
+    page,
     through_app,
     to_display,
     tpr,
@@ -185,6 +187,13 @@ if len(entries) == 1:
         if verdict.neighbours is not None:
             nearest_images(verdict, reference)
         reconstruction_evidence(evidence, evidence_ref, shown, recons, evidence_ref is not reference)
+    if reference.bank is not None:
+        placed = s.setdefault("map_uploads", {})
+        if st.button("Place it on the feature map", key="place_on_map", disabled=entry.name in placed):
+            placed[entry.name] = embed_upload(ckpt, reference.bank, load_user_image(entry.data, invert, data),
+                                              int(s["seed"]))
+        if entry.name in placed:
+            st.page_link(page("features"), label=f"See {entry.name} on the feature map", icon=":material/scatter_plot:")
     st.stop()
 
 digest = hashlib.sha256(b"".join(hashlib.sha256(e.name.encode() + (e.data or b"")).digest() for e in entries)

@@ -124,3 +124,24 @@ def test_shipped_models_by_name_and_their_own_default_ood(offline, monkeypatch):
         mnist.evaluate(ood=["mnist"])
     with pytest.raises(CheckpointError, match="shipped models by name"):
         load_checkpoint("no-such-model")
+
+
+def test_the_cli_tpr_gives_the_validation_quantile_and_verdicts_follow_it(offline, monkeypatch, tmp_path, capsys):
+    from diffood.cli import main
+
+    monkeypatch.setenv("DIFFOOD_DATA_DIR", str(offline))
+    images = load_images("mnist", "test", 8, 0, data_dir=offline)
+    paths = []
+    for i, x in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(_png(x))
+    out = tmp_path / "s.csv"
+    assert main(["score", "--device", "cpu", "--tpr", "0.99", *map(str, paths), "--out", str(out)]) == 0
+    import pandas as pd
+
+    table = pd.read_csv(out)
+    val = diffood.load(device="cpu").reference.val_scores
+    assert table["threshold"].iloc[0] == pytest.approx(np.quantile(val, 0.99, method="higher"))
+    assert (table["tpr"] == 0.99).all()
+    assert (table["verdict"] == np.where(table["score"] > table["threshold"], "likely OOD", "looks in-distribution")).all()
+    assert f"threshold {table['threshold'].iloc[0]:+.3f} accepts 99.0% of 500 ID validation images" in capsys.readouterr().out

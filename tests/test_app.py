@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import ROOT, needs_data
 
 pytestmark = needs_data
-PAGES = ["pages/reconstruct.py", "pages/histograms.py", "pages/roc.py", "pages/upload.py"]
+PAGES = ["pages/reconstruct.py", "pages/histograms.py", "pages/roc.py", "pages/features.py", "pages/upload.py"]
 
 
 def make_app(checkpoint):
@@ -278,3 +278,48 @@ def test_off_loopback_server_paths_are_refused_and_an_uploaded_set_is_used(app, 
         assert app.get("plotly_chart")
     finally:
         config.set_option("server.address", previous)
+
+
+def _plotly_array(value):
+    """A plotly figure's array from its JSON: a list, or base64 bytes with their dtype."""
+    import base64
+
+    import numpy as np
+
+    return np.frombuffer(base64.b64decode(value["bdata"]), value["dtype"]) if isinstance(value, dict) else np.asarray(value)
+
+
+def test_the_feature_space_page_maps_id_ood_and_bank_by_pca_and_tsne(banked_checkpoint):
+    at = make_app(banked_checkpoint)
+    goto(at, "pages/features.py")
+    _computed(at)
+    [chart] = at.get("plotly_chart")
+    import json
+
+    figure = json.loads(chart.proto.spec)
+    names = [trace["name"] for trace in figure["data"]]
+    assert len(names) == 3 and names[0].endswith("(ID)") and names[1].endswith("(OOD)") and "feature bank" in names[2]
+    sizes = [len(_plotly_array(trace["x"])) for trace in figure["data"]]
+    assert sizes == [100, 100, 64], sizes  # 100 ID and OOD images (n = 100 here), all 64 rows of the bank
+    at.radio(key="map_method").set_value("t-SNE").run()
+    _ok(at)
+    assert "t-SNE" in json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
+    assert any("Select points" in i.value for i in at.info)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["fashionmnist", "mnist"])
+def test_the_feature_space_page_opens_offline_with_each_shipped_model(model, tmp_path, monkeypatch):
+    import json
+
+    from diffood.model import SHIPPED_MODELS
+
+    monkeypatch.setenv("DIFFOOD_DATA_DIR", str(tmp_path))  # no data: the shipped sample and tables only
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240)
+    at.session_state["checkpoint"] = str(SHIPPED_MODELS[model])
+    at.run()
+    goto(at, "pages/features.py")
+    _ok(at)
+    assert not [b for b in at.button if b.label == "Compute now"]
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert [len(_plotly_array(t["x"])) for t in figure["data"]] == [250, 250, 250]

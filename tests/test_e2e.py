@@ -23,7 +23,8 @@ from diffood.model import DEFAULT_CHECKPOINT, SHIPPED_LABELS
 from tests.conftest import DATA_DIR, ROOT, needs_data
 
 SHIPPED_OOD = ["mnist", "fashionmnist-vflip", "fashionmnist-hflip", "gaussian-noise", "uniform"]
-DEEP_LINKS = {"reconstruct": "mean MSE", "histograms": "ID accepted (TPR)", "roc": "Download CSV", "upload": "Upload one or more"}
+DEEP_LINKS = {"reconstruct": "mean MSE", "histograms": "ID accepted (TPR)", "roc": "Download CSV",
+              "features": "Select points with the box or lasso tool", "upload": "Upload one or more"}
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -242,7 +243,7 @@ def test_each_shipped_ood_set_opens_without_computing(server, browser):
 
 
 PAGE_MARKERS = {"Reconstruct": "mean MSE", "Score histograms": "ID accepted (TPR)", "ROC / AUROC vs t": "Download CSV",
-                "Score your image": "Upload one or more"}
+                "Feature space": "Select points with the box or lasso tool", "Score your image": "Upload one or more"}
 
 
 @pytest.mark.parametrize("model", list(SHIPPED_LABELS.values()))
@@ -259,6 +260,7 @@ def test_every_page_opens_with_each_shipped_model(server, browser, shots, model)
         _settled(page)
         page.get_by_text(marker).first.wait_for()
         assert not page.get_by_text("Compute now").count(), (model, link)  # its shipped tables serve the defaults
+        assert not page.get_by_text("Compute the feature curve").count(), (model, link)
     page.close()
 
 
@@ -364,4 +366,22 @@ def test_an_open_server_refuses_its_folders_and_takes_an_uploaded_set(open_serve
             compute.click()
             _settled(page)
         page.get_by_text(marker).first.wait_for()
+    page.close()
+
+
+def test_a_box_selection_on_the_feature_map_shows_the_selected_images(server, browser, shots):
+    page = _page(browser, server, "features")
+    _settled(page)
+    page.get_by_text("Select points with the box or lasso tool").wait_for()
+    area = page.locator('[data-testid="stPlotlyChart"] .nsewdrag').first
+    box = area.bounding_box()
+    page.mouse.move(box["x"] + 5, box["y"] + 5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] - 5, box["y"] + box["height"] - 5, steps=12)
+    page.mouse.up()
+    _settled(page)
+    page.get_by_text(re.compile(r"^\d+ selected")).wait_for()
+    page.locator('[data-testid="stImage"]').first.wait_for()  # the selected images themselves
+    page.get_by_text(re.compile(r"score [+-]\d\.\d{3}")).first.wait_for()
+    page.screenshot(path=str(shots / "features.png"), full_page=True)
     page.close()

@@ -223,3 +223,23 @@ def test_the_rule_prefers_fewer_calls_then_the_smaller_bank():
     assert detector_of(pd.Series({"ts": "700", "draws": 4, "metrics": "mse", "layer": "mid_block", "feature_t": 50,
                                   "pooling": "mean", "k": 5, "bank": 10000, "feature_draws": 1})) == Detector(
         (700,), 4, ("mse",), KnnTerm(FeatureSpec("mid_block", 50), 5, 1, 10000))
+
+
+@needs_data
+def test_the_feature_curve_adds_t_f_rows_and_meets_the_default_at_the_banks_t(ckpt_with_bank, tmp_path):
+    cfg = EvalConfig(checkpoint=str(ckpt_with_bank.path), ood=("mnist",), ts=(400,), detector_ts=(400,), draws=1,
+                     steps=1, n=24, n_val=12, lpips=False, precision="fp32", feature_ts=(10, 50, 200),
+                     cache_dir=str(tmp_path))
+    result = evaluate(cfg, ckpt_with_bank)
+    curve = result.summary[result.summary["metric"] == "knn1"].set_index("t")
+    assert sorted(curve.index) == [10, 50, 200] and (curve["calls"] == 1).all()
+    default = result.summary.set_index("metric").loc["default"]
+    assert curve.loc[50, "auroc"] == pytest.approx(default["auroc"]) and curve.loc[50, "fpr95"] == default["fpr95"]
+    assert len(list((tmp_path / "banks").glob("*-t10-n64-s0.safetensors"))) == 1  # a bank per other t_f, kept
+    assert curve.loc[10, "auroc"] != curve.loc[200, "auroc"]
+    again = evaluate(cfg, ckpt_with_bank)  # all read back: nothing computed
+    assert again.computed == []  # the table keeps 6 significant digits
+    pd.testing.assert_frame_equal(again.summary, result.summary, rtol=1e-4)
+    threshold = default["threshold"]
+    assert default["tpr"] == 0.95 and 0 < default["ood_accepted"] < 1 and default["id_accepted"] > 0.5
+    assert np.isfinite(threshold)

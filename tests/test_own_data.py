@@ -83,6 +83,8 @@ def test_rgb_folder_through_bank_evaluate_and_score(own, tmp_path, capsys):
 def test_every_page_opens_with_the_rgb_model(own, monkeypatch):
     root, ckpt, _ = own
     monkeypatch.setenv("DIFFOOD_DATA_DIR", str(root))  # the app finds the ID folder by its recorded name
+    if not (ckpt / "feature_bank.safetensors").is_file():
+        assert main(["bank", "--checkpoint", str(ckpt), "--n", "0"]) == 0
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240)
     at.session_state["checkpoint"] = str(ckpt)
     at.session_state["eval_n"] = 100
@@ -93,7 +95,7 @@ def test_every_page_opens_with_the_rgb_model(own, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     assert at.session_state["ood"] == "shapes-vflip"  # the checkpoint's default OOD set
     assert any("**shapes**" in m.value for m in at.markdown)
-    for page in ["pages/reconstruct.py", "pages/histograms.py", "pages/roc.py", "pages/upload.py"]:
+    for page in ["pages/reconstruct.py", "pages/histograms.py", "pages/roc.py", "pages/features.py", "pages/upload.py"]:
         at.switch_page(page).run()
         buttons = [b for b in at.button if b.label == "Compute now"]
         if buttons:
