@@ -13,7 +13,7 @@ import torch
 from common import parser, report, timer
 
 from diffood.diffusion import default_device
-from diffood.featuremap import bank_sample, embed_set, project
+from diffood.featuremap import bank_sample, embed_images, project
 from diffood.features import checkpoint_bank
 from diffood.model import load_checkpoint
 
@@ -37,7 +37,7 @@ def main() -> None:
     bank = checkpoint_bank(ckpt)
     rows = []
     with timer(device) as cold:
-        points = [embed_set(ckpt, bank, ckpt.data.name, a.n, 0, a.data_dir), embed_set(ckpt, bank, a.ood, a.n, 0, a.data_dir)]
+        points = [embed_images(ckpt, bank, ckpt.data.name, a.n, 0, a.data_dir), embed_images(ckpt, bank, a.ood, a.n, 0, a.data_dir)]
     rows.append({"step": f"embed {a.n} ID + {a.n} OOD images (1 call each)", "points": 2 * a.n, "seconds": cold["s"]})
     with timer(device) as first:
         _, sample = bank_sample(bank, a.n)

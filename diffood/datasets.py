@@ -146,6 +146,15 @@ def _torchvision(name: str, train: bool, data_dir: Path, download: bool) -> Imag
     return Images(pixels, labels.long(), classes)
 
 
+def fetch(spec: DataSpec, data_dir: Path) -> None:
+    """Download a torchvision set's train and test splits into `data_dir` (torchvision's layout): only
+    when asked, as the dashboard's button and `--download` do. Problems raise DataUnavailableError."""
+    if not spec.is_torchvision:
+        raise DataSpecError(f"{spec.source} is not a torchvision set, so there is nothing to download")
+    for train in (True, False):
+        _torchvision(spec.source.lower(), train, data_dir, download=True)
+
+
 # --- folders and archives ------------------------------------------------------------------------
 def _folder(path: Path, size: int, channels: int) -> Images:
     """Every image in a folder or .zip (inputs.source_entries), fitted; one subfolder per class gives labels."""

@@ -11,6 +11,7 @@ the limit. A whole archive is refused past its entry count or declared total, so
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import time
@@ -266,8 +267,6 @@ def store_images(entries: list[Entry], root: str | Path) -> tuple[Path, int, lis
     """The image entries of an upload written into a folder of their own under `root`, named by their
     content's hash (the same upload, the same folder) and numbered, so no name from the upload reaches
     the disk: (folder, images written, why the others were not). The folder reader checks each image."""
-    import hashlib
-
     images = [e for e in entries if e.data is not None and is_image_name(e.name)]
     skipped = [f"{e.name}: {e.error or 'not an image file'}" for e in entries if e not in images]
     if not images:

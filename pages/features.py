@@ -10,7 +10,7 @@ import torch
 
 from diffood.errors import DiffoodError
 from diffood.evaluate import DEFAULT
-from diffood.featuremap import PROJECTIONS, bank_sample, embed_set, project
+from diffood.featuremap import PROJECTIONS, bank_sample, embed_images, project
 from diffood.features import bank_images, checkpoint_bank
 from diffood.sets import load_images
 from diffood.verdict import Reference
@@ -41,7 +41,7 @@ st.caption(f"Each point is an image where the default score sees it: {bank.spec.
 @st.cache_data(show_spinner="Embedding images…", max_entries=32)
 def embeddings(path: str, sha: str, fingerprint: str, name: str, n: int, seed: int) -> np.ndarray:
     ckpt = load_model(path)
-    return embed_set(ckpt, checkpoint_bank(ckpt), name, n, seed)
+    return embed_images(ckpt, checkpoint_bank(ckpt), name, n, seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -10,6 +10,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
+from diffood.datasets import fetch, resolve_data_dir
 from diffood.diffusion import make_scheduler, noise_for, reconstruct
 from diffood.errors import DiffoodError
 from diffood.evaluate import RECONSTRUCTION
@@ -89,13 +90,25 @@ def nearest_images(verdict, reference: Reference) -> None:
     st.markdown("**Its nearest ID training images in the model's own feature space**")
     near = verdict.neighbours
     images, reason = neighbour_images(bank.fingerprint(), tuple(int(i) for i in near["bank_index"]), bank, data)
-    for i, (col, row) in enumerate(zip(st.columns(len(near)), near.itertuples())):
-        if images:
+    if images:
+        for i, (col, row) in enumerate(zip(st.columns(len(near)), near.itertuples())):
             col.image(images[i], caption=f"#{i + 1}: distance {row.distance:.4f}", width=112)
-        else:
-            col.metric(f"neighbour #{i + 1}", f"{row.distance:.4f}", help=f"bank row {row.bank_index}")
-    if not images:
+    else:
+        st.dataframe(near.assign(neighbour=range(1, len(near) + 1))[["neighbour", "bank_index", "distance"]],
+                     hide_index=True, column_config={
+                         "bank_index": st.column_config.NumberColumn("training image (bank row)", format="%d"),
+                         "distance": st.column_config.NumberColumn("cosine distance", format="%.4f")})
         st.caption(f"Distances only: the training images are not on this machine ({reason})")
+        if data.spec.is_torchvision and st.button(f"Download {data.label} to show these images", key="fetch_id",
+                                                  help=f"torchvision fetches it into {resolve_data_dir()}"):
+            with st.spinner(f"Downloading {data.label}…"):
+                try:
+                    fetch(data.spec, resolve_data_dir())
+                except DiffoodError as e:
+                    st.error(str(e))
+                    return
+            neighbour_images.clear()
+            st.rerun()
     val = reference.val[reference.val["t"] == knn.spec.t].groupby("index")["knn1"].mean()
     st.caption(f"Cosine distance between {bank.spec.describe()} (first noise draw); the bank holds {bank.describe()}. "
                f"This image's nearest distance, averaged over {knn.draws} draw{'s' * (knn.draws > 1)}: "

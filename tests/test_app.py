@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ROOT, needs_data
+from tests.conftest import DATA_DIR, ROOT, needs_data
 
 pytestmark = needs_data
 PAGES = ["pages/reconstruct.py", "pages/histograms.py", "pages/roc.py", "pages/features.py", "pages/upload.py"]
@@ -323,3 +323,35 @@ def test_the_feature_space_page_opens_offline_with_each_shipped_model(model, tmp
     assert not [b for b in at.button if b.label == "Compute now"]
     figure = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert [len(_plotly_array(t["x"])) for t in figure["data"]] == [250, 250, 250]
+
+
+def test_without_the_training_images_the_why_view_lists_distances_and_fetches_them_on_a_click(
+        banked_checkpoint, tmp_path, monkeypatch):
+    from diffood import datasets
+
+    empty = tmp_path / "data"
+    empty.mkdir()
+    monkeypatch.setenv("DIFFOOD_DATA_DIR", str(empty))
+    fetched = []
+
+    def fake_torchvision(name, train, data_dir, download):  # the download, mocked: copies the real files in
+        if download:
+            fetched.append((name, train))
+            shutil.copytree(DATA_DIR / "FashionMNIST", data_dir / "FashionMNIST", dirs_exist_ok=True)
+        return real(name, train, data_dir, False)
+
+    real = datasets._torchvision
+    monkeypatch.setattr(datasets, "_torchvision", fake_torchvision)
+    app = make_app(banked_checkpoint)
+    goto(app, "pages/upload.py")
+    app.radio(key="upload_source").set_value("Example: noise").run()
+    _computed(app)
+    assert any("Distances only" in c.value for c in app.caption) and fetched == []  # nothing downloaded unasked
+    table = app.dataframe[0].value
+    assert list(table["neighbour"]) == [1, 2, 3, 4, 5] and table["distance"].is_monotonic_increasing
+    [button] = [b for b in app.button if b.label.startswith("Download FashionMNIST")]
+    button.click().run()
+    _ok(app)
+    assert sorted(fetched) == [("fashionmnist", False), ("fashionmnist", True)]
+    captions = [img.proto.imgs[0].caption for img in app.get("image")]
+    assert [c.split(":")[0] for c in captions if c.startswith("#")] == ["#1", "#2", "#3", "#4", "#5"]
