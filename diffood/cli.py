@@ -1,4 +1,4 @@
-"""`diffood {evaluate,select,bank,reconstruct,score,sample,train,export,app}` (also `python -m diffood`): the
+"""`diffood {evaluate,select,bank,reconstruct,score,sample,train,export,import,app}` (also `python -m diffood`): the
 functions the app and the Python API call."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import importlib.util
 import io
+import json
 import os
 import subprocess
 import sys
@@ -329,7 +330,7 @@ def _add_reconstruct(sub) -> None:
 def _cmd_reconstruct(a) -> int:
     from torchvision.utils import save_image
 
-    from .diffusion import make_scheduler, noise_for, reconstruct
+    from .diffusion import noise_for, reconstruct
     from .images import to_model_input, to_pixels
     from .sets import load_images
 
@@ -339,7 +340,7 @@ def _cmd_reconstruct(a) -> int:
     x0 = to_model_input(load_images(dataset, "test", a.n, a.seed, a.data_dir, id=ckpt.data)).to(device)
     columns = [to_pixels(x0)]
     for t in a.t:
-        xt, recon = reconstruct(ckpt.model, x0, t, make_scheduler(), a.sampler, a.steps,
+        xt, recon = reconstruct(ckpt.model, x0, t, ckpt.scheduler, a.sampler, a.steps,
                                 torch.Generator().manual_seed(a.seed + t), noise=noise_for(len(x0), t, a.seed, x0.shape[1:]),
                                 precision=ckpt.precision)
         columns += [to_pixels(xt), to_pixels(recon), (to_pixels(recon) - to_pixels(x0)).abs()]
@@ -392,16 +393,36 @@ def _add_sample(sub) -> None:
 def _cmd_sample(a) -> int:
     from torchvision.utils import save_image
 
-    from .diffusion import generate, make_scheduler
+    from .diffusion import generate
     from .images import to_pixels
 
     ckpt = _load(a)
     device = next(ckpt.model.parameters()).device
-    x = generate(ckpt.model, a.n, make_scheduler(ckpt.meta.num_train_timesteps), a.steps,
+    x = generate(ckpt.model, a.n, ckpt.scheduler, a.steps,
                  torch.Generator().manual_seed(a.seed), ckpt.meta.image_size, device, ckpt.precision)
     if _main():
         save_image(to_pixels(x), a.out, nrow=int(a.n**0.5 + 0.999), padding=2, pad_value=0.5)
     print(f"wrote {a.out}: {a.n} samples, DDIM {a.steps} steps, seed {a.seed}")
+    return 0
+
+
+def _add_import(sub) -> None:
+    p = sub.add_parser("import", help="make a diffood checkpoint of a DDPM saved by diffusers' DDPMPipeline.save_pretrained")
+    p.add_argument("pipeline", help="the pipeline folder: model_index.json, unet/, scheduler/")
+    p.add_argument("--data", required=True, help="the ID set the model was trained on: a torchvision name, or a folder or .zip")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--data-dir", help="torchvision's data folder, where folder specs are also looked for")
+    p.add_argument("--download", action="store_true", help="allow torchvision to download the ID set")
+
+
+def _cmd_import(a) -> int:
+    from .importer import import_pipeline
+
+    folder = import_pipeline(a.pipeline, a.data, a.out, a.data_dir)
+    meta = json.loads((folder / "diffood.json").read_text())
+    print(f"wrote {folder}: {meta['image_size']} px, {meta['beta_schedule']} schedule, {meta['prediction_type']} "
+          f"prediction; ID set {meta['data']['name']}. Next: `diffood bank --checkpoint {folder}`, then `diffood "
+          f"evaluate --checkpoint {folder}`")
     return 0
 
 
@@ -450,6 +471,7 @@ COMMANDS = {
     "sample": (_add_sample, _cmd_sample),
     "train": (_add_train, _cmd_train),
     "export": (_add_export, _cmd_export),
+    "import": (_add_import, _cmd_import),
     "app": (_add_app, _cmd_app),
 }
 
@@ -474,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _warn  # one line per warning, no source lines
     if a.command == "app":
         return COMMANDS["app"][1](a)
-    if a.command not in ("train", "export"):  # under torchrun: join the group (train does so itself); a GPU per local rank
+    if a.command not in ("train", "export", "import"):  # under torchrun: join the group (train does so itself); a GPU per local rank
         a.device = distributed.device_for_rank(a.device)
         distributed.init(a.device or default_device())
     ok = False

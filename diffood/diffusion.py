@@ -1,4 +1,4 @@
-"""Noising and reconstruction on the cosine DDPM schedule (diffusers schedulers), batched, on any device.
+"""Noising and reconstruction on a checkpoint's DDPM schedule (diffusers schedulers), batched, on any device.
 
 Convention: t counts forward noising steps, 0..T. t = 0 is the clean image (reconstruction returns it
 unchanged), t = T is pure noise. x_t at t >= 1 is what diffusers calls timestep t - 1, so the network
@@ -72,14 +72,21 @@ def network_calls(sampler: str, steps: int, t: int) -> int:
     return t
 
 
-def make_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> DDPMScheduler:
-    """The cosine schedule (Nichol & Dhariwal) the model is trained on; predicted x0 clipped to [-1, 1]."""
-    return DDPMScheduler(
-        num_train_timesteps=num_train_timesteps,
-        beta_schedule="squaredcos_cap_v2",
-        prediction_type="epsilon",
-        clip_sample=True,
-    )
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # diffusers' names
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def make_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_schedule: str = "squaredcos_cap_v2",
+                   prediction_type: str = "epsilon", beta_start: float = 0.0001, beta_end: float = 0.02) -> DDPMScheduler:
+    """A DDPM noise schedule as diffusers defines it; the default is the cosine schedule (Nichol & Dhariwal)
+    the shipped models are trained on. Predicted x0 is clipped to [-1, 1]. Another schedule or prediction
+    type is refused (ValueError, one line)."""
+    if beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"noise schedule {beta_schedule!r} is not supported; diffood reads {', '.join(BETA_SCHEDULES)}")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction type {prediction_type!r} is not supported; diffood reads {', '.join(PREDICTION_TYPES)}")
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+                         prediction_type=prediction_type, beta_start=beta_start, beta_end=beta_end, clip_sample=True)
 
 
 def alpha_bars(scheduler: DDPMScheduler) -> torch.Tensor:
@@ -125,9 +132,14 @@ def _predict_x0(x: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch
     return ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
 
 
-def _eps(model: Callable, x: torch.Tensor, t: int) -> torch.Tensor:
+def _eps(model: Callable, x: torch.Tensor, t: int, abars: torch.Tensor, prediction: str = "epsilon") -> torch.Tensor:
+    """The noise the model sees in x_t, whatever it predicts: a v-prediction (v = √ᾱ ε − √(1 − ᾱ) x0)
+    is turned into ε = √ᾱ v + √(1 − ᾱ) x_t."""
     timestep = torch.full((x.shape[0],), t - 1, device=x.device, dtype=torch.long)
-    return model(x, timestep).sample.float()
+    out = model(x, timestep).sample.float()
+    if prediction == "v_prediction":
+        return abars[t].sqrt() * out + (1 - abars[t]).sqrt() * x
+    return out
 
 
 def ddim_timesteps(t: int, steps: int) -> list[int]:
@@ -135,10 +147,10 @@ def ddim_timesteps(t: int, steps: int) -> list[int]:
     return sorted({round(t * k / steps) for k in range(steps + 1)}, reverse=True)
 
 
-def _denoise_ddim(model, x: torch.Tensor, t: int, steps: int, abars: torch.Tensor) -> torch.Tensor:
+def _denoise_ddim(model, x: torch.Tensor, t: int, steps: int, abars: torch.Tensor, prediction: str) -> torch.Tensor:
     ts = ddim_timesteps(t, steps)
     for s, s_next in zip(ts[:-1], ts[1:]):
-        eps = _eps(model, x, s)
+        eps = _eps(model, x, s, abars, prediction)
         x0 = _predict_x0(x, eps, abars[s])
         x = abars[s_next].sqrt() * x0 + (1 - abars[s_next]).sqrt() * eps
     return x
@@ -156,28 +168,32 @@ def posterior_mean(x: torch.Tensor, eps: torch.Tensor, t: int, abars: torch.Tens
     return (a_prev.sqrt() * beta / (1 - a)) * x0 + ((1 - beta).sqrt() * (1 - a_prev) / (1 - a)) * x
 
 
-def _denoise_chain(model, x: torch.Tensor, ts: list[int], abars: torch.Tensor) -> torch.Tensor:
+def _denoise_chain(model, x: torch.Tensor, ts: list[int], abars: torch.Tensor, prediction: str) -> torch.Tensor:
     for s, s_next in zip(ts[:-1], ts[1:]):
-        x = posterior_mean(x, _eps(model, x, s), s, abars, s_next)
+        x = posterior_mean(x, _eps(model, x, s, abars, prediction), s, abars, s_next)
     return x
 
 
-def _denoise_ddpm(model, x: torch.Tensor, t: int, scheduler: DDPMScheduler, generator) -> torch.Tensor:
-    sched = DDPMScheduler.from_config(scheduler.config)  # a private copy: set_timesteps mutates it
+def _denoise_ddpm(model, x: torch.Tensor, t: int, scheduler: DDPMScheduler, generator, abars) -> torch.Tensor:
+    # a private copy (set_timesteps mutates it) that takes ε, which _eps gives whatever the model predicts
+    sched = DDPMScheduler.from_config(scheduler.config, prediction_type="epsilon")
     sched.set_timesteps(timesteps=list(range(t - 1, -1, -1)))
+    prediction = scheduler.config.prediction_type
     for k in sched.timesteps.tolist():
-        x = sched.step(_eps(model, x, k + 1), k, x, generator=generator).prev_sample
+        x = sched.step(_eps(model, x, k + 1, abars, prediction), k, x, generator=generator).prev_sample
     return x
 
 
-def _denoise_plms(model, x: torch.Tensor, t: int, scheduler: DDPMScheduler) -> torch.Tensor:
-    sched = PNDMScheduler.from_config(scheduler.config, skip_prk_steps=True, set_alpha_to_one=True)
+def _denoise_plms(model, x: torch.Tensor, t: int, scheduler: DDPMScheduler, abars) -> torch.Tensor:
+    sched = PNDMScheduler.from_config(scheduler.config, skip_prk_steps=True, set_alpha_to_one=True,
+                                      prediction_type="epsilon")
+    prediction = scheduler.config.prediction_type
     sched.set_timesteps(PLMS_GRID)
     # the same grid shifted to start at x_t (diffusers' t - 1); the second entry repeats, as in
     # diffusers' own PLMS warm-up; the last step lands below 0, i.e. on the clean image
     grid = list(range(t - 1, -1, -sched.config.num_train_timesteps // PLMS_GRID))
     for k in grid[:1] + grid[1:2] + grid[1:]:
-        x = sched.step(_eps(model, x, k + 1), k, x).prev_sample
+        x = sched.step(_eps(model, x, k + 1, abars, prediction), k, x).prev_sample
     return x.clamp(-1, 1)  # PNDM does not clip its x0 predictions as the other samplers do
 
 
@@ -227,15 +243,16 @@ def pad_batch(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 def _denoise(model, x, t, scheduler, sampler, steps, generator, abars) -> torch.Tensor:
+    prediction = scheduler.config.prediction_type
     if sampler == "ddim":
-        return _denoise_ddim(model, x, t, steps, abars)
+        return _denoise_ddim(model, x, t, steps, abars, prediction)
     if sampler == "chain":
-        return _denoise_chain(model, x, list(range(t, -1, -1)), abars)
+        return _denoise_chain(model, x, list(range(t, -1, -1)), abars, prediction)
     if sampler == "strided":
-        return _denoise_chain(model, x, ddim_timesteps(t, steps), abars)
+        return _denoise_chain(model, x, ddim_timesteps(t, steps), abars, prediction)
     if sampler == "plms":
-        return _denoise_plms(model, x, t, scheduler)
-    return _denoise_ddpm(model, x, t, scheduler, generator)
+        return _denoise_plms(model, x, t, scheduler, abars)
+    return _denoise_ddpm(model, x, t, scheduler, generator, abars)
 
 
 @torch.inference_mode()
@@ -253,4 +270,4 @@ def generate(
     x = torch.randn((n, model.config.in_channels, image_size, image_size), generator=generator).to(device)
     T = scheduler.config.num_train_timesteps
     with autocast(device, precision):
-        return _denoise_ddim(model, x, T, steps, alpha_bars(scheduler).to(device))
+        return _denoise_ddim(model, x, T, steps, alpha_bars(scheduler).to(device), scheduler.config.prediction_type)

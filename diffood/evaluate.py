@@ -26,7 +26,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from . import distributed
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, STEPPED, default_device, make_scheduler, network_calls
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, STEPPED, default_device, network_calls
 from .errors import DiffoodError
 from .features import KNN_METRICS, FeatureBank, FeatureSpec, bank_at, checkpoint_bank
 from .files import atomic_path, atomic_write_text, move_aside
@@ -276,7 +276,7 @@ class _Plan:
 
 def _tables(cfg: EvalConfig, checkpoint: Checkpoint, lpips_net, bank: FeatureBank | None) -> list[_Table]:
     """The reconstruction table, and the feature table when the default score has a feature term."""
-    model, scheduler = checkpoint.model, make_scheduler(checkpoint.meta.num_train_timesteps)
+    model, scheduler = checkpoint.model, checkpoint.scheduler
     settings = {k: v for k, v in asdict(cfg).items()
                 if k not in ("checkpoint", "data_dir", "cache_dir", "device", "recompute", "id_test")}
     tables = [_Table(
@@ -292,7 +292,7 @@ def _tables(cfg: EvalConfig, checkpoint: Checkpoint, lpips_net, bank: FeatureBan
             "features", cfg.feature_key(checkpoint.sha256, bank), FEATURE_COLUMNS, need,
             lambda x, t, draws, step: feature_distances(
                 model, x, bank_at(checkpoint, bank, t, cfg.data_dir, cache, cfg.batch_size), draws, cfg.seed,
-                checkpoint.precision, cfg.batch_size, progress=step),
+                checkpoint.precision, cfg.batch_size, progress=step, scheduler=scheduler),
             {"checkpoint_sha256": checkpoint.sha256, "bank": bank.metadata(), "n": cfg.n, "n_val": cfg.n_val,
              "seed": cfg.seed, "knn_draws": knn.draws, "precision": checkpoint.precision}))
     return tables

@@ -24,14 +24,15 @@ def embed_images(checkpoint, bank: FeatureBank, name: str, n: int, seed: int = 0
     score embeds them in an evaluation: image i gets row i's noise."""
     device = next(checkpoint.model.parameters()).device
     x = to_model_input(load_images(name, "test", n, seed, data_dir, id=checkpoint.data)).to(device)
-    return embed_draws(checkpoint.model, x, bank.spec, [0], seed, checkpoint.precision, batch_size).numpy()
+    return embed_draws(checkpoint.model, x, bank.spec, [0], seed, checkpoint.precision, batch_size,
+                       scheduler=checkpoint.scheduler).numpy()
 
 
 def embed_upload(checkpoint, bank: FeatureBank, x: torch.Tensor, seed: int = 0) -> np.ndarray:
     """One upload's embedding (C,), as its verdict embeds it (the noise every upload gets)."""
     device = next(checkpoint.model.parameters()).device
     return embed_draws(checkpoint.model, x.to(device), bank.spec, [0], seed, checkpoint.precision,
-                       shared_noise=True).numpy()[0]
+                       shared_noise=True, scheduler=checkpoint.scheduler).numpy()[0]
 
 
 def bank_sample(bank: FeatureBank, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -246,7 +246,7 @@ def build_bank(checkpoint, spec: FeatureSpec, n: int | None = 10_000, seed: int 
                 progress(done, len(x))
 
         embeddings = embed(checkpoint.model, x, spec.t, bank_noise(len(x), spec.t, seed, x.shape[1:]), (spec.layer,),
-                           (spec.pooling,), checkpoint.precision, batch_size, step)[spec.layer, spec.pooling]
+                           (spec.pooling,), checkpoint.precision, batch_size, step, checkpoint.scheduler)[spec.layer, spec.pooling]
     source["n"] = len(embeddings)
     return FeatureBank(spec, embeddings.half(), checkpoint.sha256, source)
 
@@ -312,7 +312,7 @@ def embed_set(checkpoint, name: str, split: str, n: int | None, t: int, draw: in
     device = next(checkpoint.model.parameters()).device
     x = to_model_input(load_images(name, split, n, seed, data_dir, id=checkpoint.data)).to(device)
     out = embed(checkpoint.model, x, t, noise_for(len(x), t, seed, x.shape[1:], draw), LAYERS, POOLINGS,
-                checkpoint.precision, batch_size, progress)
+                checkpoint.precision, batch_size, progress, checkpoint.scheduler)
     out = {k: v.half() for k, v in out.items()}
     if cache_dir is not None:
         atomic_save_safetensors({"/".join(k): v for k, v in out.items()}, _embedding_path(

@@ -17,7 +17,7 @@ import torch
 from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
-from .diffusion import resolve_precision
+from .diffusion import make_scheduler, resolve_precision
 from .errors import CheckpointError, DiffoodError
 from .files import atomic_save_safetensors, atomic_write_text
 from .sets import FASHIONMNIST, IdData
@@ -107,8 +107,10 @@ class CheckpointMeta:
 
     image_size: int = 28
     num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: str = "epsilon"
+    beta_schedule: str = "squaredcos_cap_v2"  # diffusers' names: linear, scaled_linear, squaredcos_cap_v2
+    prediction_type: str = "epsilon"  # or v_prediction
+    beta_start: float = 0.0001  # the linear schedules' ends (diffusers' defaults)
+    beta_end: float = 0.02
     normalisation: str = "x * 2 - 1 (pixels in [0, 1] -> [-1, 1])"
     training_data: str = ""
     training: dict = field(default_factory=dict)
@@ -132,6 +134,12 @@ class Checkpoint:
     @property
     def data(self) -> IdData:
         return self.meta.id_data
+
+    @property
+    def scheduler(self):
+        """The noise schedule the model was trained on (diffusers' DDPMScheduler), from its diffood.json."""
+        m = self.meta
+        return make_scheduler(m.num_train_timesteps, m.beta_schedule, m.prediction_type, m.beta_start, m.beta_end)
 
 
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -186,6 +194,10 @@ def load_checkpoint(folder: str | Path | None, device: str | torch.device = "cpu
         raise CheckpointError(f"checkpoint {folder}: {META_NAME} has unexpected fields ({e})") from e
     if meta.format_version != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {folder}: format version {meta.format_version}, expected {FORMAT_VERSION}")
+    try:
+        make_scheduler(meta.num_train_timesteps, meta.beta_schedule, meta.prediction_type, meta.beta_start, meta.beta_end)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {folder}: {e}") from e
     try:
         data = meta.id_data
     except (TypeError, ValueError, DiffoodError) as e:

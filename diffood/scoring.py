@@ -162,22 +162,23 @@ def score_images(
 
 def embed_draws(model: Callable, x0: torch.Tensor, spec: FeatureSpec, draws: Iterable[int], seed: int = 0,
                 precision: str = "fp32", batch_size: int = 256, shared_noise: bool = False,
-                progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Embeddings (draws x N, C) of images x0 under `spec`, draw by draw, noise as in `score_images`."""
+                progress: Callable[[int], None] | None = None, scheduler=None) -> torch.Tensor:
+    """Embeddings (draws x N, C) of images x0 under `spec`, draw by draw, noise as in `score_images`, on the
+    checkpoint's `scheduler` (default: the cosine schedule)."""
     draws, n = list(draws), len(x0)
     rows = 1 if shared_noise else n
     noise = torch.cat([noise_for(rows, spec.t, seed, x0.shape[1:], d).expand(n, -1, -1, -1) for d in draws])
     return embed(model, x0.repeat(len(draws), 1, 1, 1), spec.t, noise, (spec.layer,), (spec.pooling,), precision,
-                 batch_size, progress)[spec.layer, spec.pooling]
+                 batch_size, progress, scheduler)[spec.layer, spec.pooling]
 
 
 def feature_distances(model: Callable, x0: torch.Tensor, bank: FeatureBank, draws: Iterable[int] = (0,), seed: int = 0,
                       precision: str = "fp32", batch_size: int = 256, shared_noise: bool = False,
-                      progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+                      progress: Callable[[int], None] | None = None, scheduler=None) -> pd.DataFrame:
     """One row per image x draw at the bank's t: index, t, draw, and the k-th nearest distance `knn<k>` for
     each k in features.KS. One network call per image and draw."""
     draws = list(draws)
-    e = embed_draws(model, x0, bank.spec, draws, seed, precision, batch_size, shared_noise, progress)
+    e = embed_draws(model, x0, bank.spec, draws, seed, precision, batch_size, shared_noise, progress, scheduler)
     return distance_frame(bank, e, draws)
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from . import distributed
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, make_scheduler
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .errors import DiffoodError
 from .evaluate import DEFAULT, EvalResult
 from .features import FeatureBank
@@ -102,13 +102,13 @@ def judge(x: torch.Tensor, checkpoint: Checkpoint, reference: Reference, lpips=N
     det, bank = reference.detector, reference.bank
     if det.knn:
         bank.check(det.knn)
-    scores = score_images(checkpoint.model, x, det.ts, make_scheduler(checkpoint.meta.num_train_timesteps), sampler,
+    scores = score_images(checkpoint.model, x, det.ts, checkpoint.scheduler, sampler,
                           steps, seed, lpips, batch_size, progress, range(det.draws), checkpoint.precision,
                           shared_noise=True)
     if det.knn:
         draws = list(range(det.knn.draws))
         embeddings = embed_draws(checkpoint.model, x, bank.spec, draws, seed, checkpoint.precision, batch_size,
-                                 shared_noise=True)
+                                 shared_noise=True, scheduler=checkpoint.scheduler)
         knn = distance_frame(bank, embeddings, draws)
         scores = knn if not det.ts else scores.merge(knn, on=["index", "t", "draw"], how="outer")
         nearest = knn.groupby("index")["knn1"].mean()

@@ -3,7 +3,7 @@
 import streamlit as st
 import torch
 
-from diffood.diffusion import make_scheduler, noise_for, reconstruct
+from diffood.diffusion import noise_for, reconstruct
 from diffood.errors import DiffoodError
 from diffood.images import to_model_input, to_pixels
 from diffood.scoring import reconstruction_errors
@@ -22,7 +22,7 @@ def reconstructions(path: str, sha: str, dataset: str, n: int, t: int, sampler: 
     ckpt = load_model(path)
     device = next(ckpt.model.parameters()).device
     x0 = to_model_input(load_images(dataset, "test", n, seed, id=ckpt.data)).to(device)
-    xt, rec = reconstruct(ckpt.model, x0, t, make_scheduler(), sampler, steps, torch.Generator().manual_seed(seed + t),
+    xt, rec = reconstruct(ckpt.model, x0, t, ckpt.scheduler, sampler, steps, torch.Generator().manual_seed(seed + t),
                           noise=noise_for(len(x0), t, seed, x0.shape[1:]), precision=ckpt.precision)
     errors = reconstruction_errors(x0, rec, lpips_net())
     rows = []

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from diffood.datasets import fetch, resolve_data_dir
-from diffood.diffusion import make_scheduler, noise_for, reconstruct
+from diffood.diffusion import noise_for, reconstruct
 from diffood.errors import DiffoodError
 from diffood.evaluate import RECONSTRUCTION
 from diffood.featuremap import embed_upload
@@ -69,7 +69,7 @@ def score_one(data: bytes, invert: bool | None, path: str, sha: str, sampler: st
     device = next(ckpt.model.parameters()).device
     recons = {}
     for t in _evidence.ts:
-        _, rec = reconstruct(ckpt.model, x.to(device), t, make_scheduler(), sampler, steps,
+        _, rec = reconstruct(ckpt.model, x.to(device), t, ckpt.scheduler, sampler, steps,
                              torch.Generator().manual_seed(seed + t), noise=noise_for(1, t, seed, x.shape[1:]), precision=ckpt.precision)
         recons[t] = to_display(to_pixels(rec[0]))
     return to_display(to_pixels(x[0]), 6), recons, verdict, evidence

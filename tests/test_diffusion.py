@@ -149,3 +149,59 @@ def test_bad_arguments_are_refused(tiny_unet):
 def test_generate_gives_images_in_range(tiny_unet):
     x = generate(tiny_unet, 2, sched, steps=3, generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, 1, 28, 28) and x.abs().max() <= 1
+
+
+SCHEDULES = [(b, p) for b in ("linear", "scaled_linear", "squaredcos_cap_v2") for p in ("epsilon", "v_prediction")]
+
+
+class _Fixed(torch.nn.Module):
+    """A 'network' that predicts a fixed output, whatever it is shown."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def forward(self, x, timestep):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sample=self.out)
+
+
+@pytest.mark.parametrize("beta_schedule,prediction", SCHEDULES)
+def test_every_schedule_and_prediction_type_noises_and_steps_as_diffusers_does(beta_schedule, prediction):
+    from diffusers import DDPMScheduler
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from diffood.diffusion import _eps
+
+    ours = make_scheduler(1000, beta_schedule, prediction)
+    theirs = DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule, prediction_type=prediction,
+                           clip_sample=True)
+    x0, noise, out = images(3), torch.randn(3, 1, 28, 28), torch.randn(3, 1, 28, 28) * 0.5
+    t = torch.tensor([1, 300, 900])
+    assert torch.allclose(add_noise(x0, t, ours, noise=noise), theirs.add_noise(x0, noise, t - 1), atol=1e-6)
+    abars = alpha_bars(ours)
+    for step in (1, 300, 900):
+        x = add_noise(x0[:1], step, ours, noise=noise[:1])
+        mean = posterior_mean(x, _eps(_Fixed(out[:1]), x, step, abars, prediction), step, abars)
+        g = torch.Generator().manual_seed(step)
+        stepped = theirs.step(out[:1], step - 1, x, generator=g)
+        g = torch.Generator().manual_seed(step)
+        spread = theirs._get_variance(step - 1) ** 0.5 * randn_tensor(x.shape, generator=g) if step > 1 else 0
+        assert torch.allclose(mean, stepped.prev_sample - spread, atol=1e-5), (beta_schedule, prediction, step)
+
+
+def test_an_unknown_schedule_or_prediction_type_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="noise schedule 'sigmoid' is not supported"):
+        make_scheduler(beta_schedule="sigmoid")
+    with pytest.raises(ValueError, match="prediction type 'sample' is not supported"):
+        make_scheduler(prediction_type="sample")
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_every_sampler_runs_on_a_linear_schedule_of_either_prediction_type(tiny_unet, prediction):
+    sched = make_scheduler(1000, "linear", prediction)
+    x0 = images(2)
+    for sampler in SAMPLERS:
+        _, rec = reconstruct(tiny_unet, x0, 200, sched, sampler, 2, torch.Generator().manual_seed(0))
+        assert rec.shape == x0.shape and torch.isfinite(rec).all() and rec.abs().max() <= 1 + 1e-5, sampler
