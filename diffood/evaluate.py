@@ -287,7 +287,7 @@ def _tables(cfg: EvalConfig, checkpoint: Checkpoint, lpips_net, bank: FeatureBan
     knn = next((d.knn for d in cfg.detectors(bank).values() if d.knn), None)
     if knn is not None:
         need = {**{t: 1 for t in cfg.feature_ts}, knn.spec.t: knn.draws}
-        cache = cfg.cache_dir or default_cache_dir()
+        cache = default_cache_dir()  # banks at other t_f are a cache of their own, never beside shipped tables
         tables.append(_Table(
             "features", cfg.feature_key(checkpoint.sha256, bank), FEATURE_COLUMNS, need,
             lambda x, t, draws, step: feature_distances(

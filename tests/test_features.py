@@ -235,7 +235,10 @@ def test_the_feature_curve_adds_t_f_rows_and_meets_the_default_at_the_banks_t(ck
     assert sorted(curve.index) == [10, 50, 200] and (curve["calls"] == 1).all()
     default = result.summary.set_index("metric").loc["default"]
     assert curve.loc[50, "auroc"] == pytest.approx(default["auroc"]) and curve.loc[50, "fpr95"] == default["fpr95"]
-    assert len(list((tmp_path / "banks").glob("*-t10-n64-s0.safetensors"))) == 1  # a bank per other t_f, kept
+    from diffood.evaluate import default_cache_dir
+
+    assert len(list((default_cache_dir() / "banks").glob("*-t10-n64-s0.safetensors"))) == 1  # a bank per other t_f
+    assert not (tmp_path / "banks").exists()  # kept in the cache, not beside the tables
     assert curve.loc[10, "auroc"] != curve.loc[200, "auroc"]
     again = evaluate(cfg, ckpt_with_bank)  # all read back: nothing computed
     assert again.computed == []  # the table keeps 6 significant digits
