@@ -1,4 +1,4 @@
-"""`diffood {evaluate,select,bank,reconstruct,score,sample,train,export,import,app}` (also `python -m diffood`): the
+"""`diffood {evaluate,select,bank,reconstruct,score,sample,train,export,fit,import,app}` (also `python -m diffood`): the
 functions the app and the Python API call."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import tomllib
 import warnings
 from pathlib import Path
@@ -181,13 +182,14 @@ def _add_evaluate(sub) -> None:
                    help=f"timesteps to score at{TORCHRUN_NOTE}")
     p.add_argument("--multi-t", nargs="+", default=list(DEFAULT_MULTI_TS),
                    help="timesteps combined into multi-t, or 'all' for every --t (default: %(default)s)")
-    p.add_argument("--draws", type=int, default=EvalConfig.draws, help="noise draws the reconstruction score averages")
-    p.add_argument("--detector-t", nargs="+", type=int, default=list(EvalConfig.detector_ts), help="t of the reconstruction score")
-    p.add_argument("--detector-metrics", nargs="+", default=list(EvalConfig.detector_metrics), choices=["mse", "lpips"])
-    p.add_argument("--score", default=EvalConfig.score, choices=list(SCORES),
-                   help="the default score: the feature-bank term, the reconstruction score, or both z-averaged")
-    p.add_argument("--knn-k", type=int, default=EvalConfig.knn_k, choices=list(KS), help="the feature term's k")
-    p.add_argument("--knn-draws", type=int, default=EvalConfig.knn_draws, help="noise draws the feature term averages")
+    pick = " (default: the checkpoint's recorded pick)"
+    p.add_argument("--draws", type=int, help="noise draws the reconstruction score averages" + pick)
+    p.add_argument("--detector-t", nargs="+", type=int, help="t of the reconstruction score" + pick)
+    p.add_argument("--detector-metrics", nargs="+", choices=["mse", "lpips"], help="its metrics" + pick)
+    p.add_argument("--score", choices=list(SCORES),
+                   help="the default score: the feature-bank term, the reconstruction score, or both z-averaged" + pick)
+    p.add_argument("--knn-k", type=int, choices=list(KS), help="the feature term's k" + pick)
+    p.add_argument("--knn-draws", type=int, help="noise draws the feature term averages" + pick)
     p.add_argument("--feature-t", nargs="*", type=int, default=[],
                    help=f"more noise levels t_f for the feature term's curve, one call each and a bank per t_f "
                         f"(the ROC page's: {' '.join(map(str, FEATURE_CURVE_TS))})")
@@ -208,7 +210,8 @@ def _cmd_evaluate(a) -> int:
 
     ckpt = _load(a)
     cfg = EvalConfig(checkpoint=a.checkpoint, ood=tuple(a.ood) if a.ood else None, ts=tuple(a.t), multi_ts=None if a.multi_t == ["all"] else tuple(map(int, a.multi_t)),
-                     draws=a.draws, detector_ts=tuple(a.detector_t), detector_metrics=tuple(a.detector_metrics),
+                     draws=a.draws, detector_ts=tuple(a.detector_t or ()) or None,
+                     detector_metrics=tuple(a.detector_metrics or ()) or None,
                      score=a.score, knn_k=a.knn_k, knn_draws=a.knn_draws, feature_ts=tuple(a.feature_t), tpr=a.tpr,
                      sampler=a.sampler, steps=a.steps, n=a.n, n_val=a.n_val, seed=a.seed, lpips=not a.no_lpips,
                      recompute=a.recompute, precision=a.precision, batch_size=a.batch_size, data_dir=a.data_dir,
@@ -253,11 +256,13 @@ def _add_select(sub) -> None:
     p.add_argument("--max-feature-draws", type=int, default=d.max_feature_draws)
     p.add_argument("--cache-dir", help="where score tables are cached (default ~/.cache/diffood/evals)")
     p.add_argument("--out", default="diffood_select.csv", help="CSV of every candidate")
+    p.add_argument("--no-record", action="store_true", help="do not write the pick into the checkpoint's diffood.json")
 
 
 def _cmd_select(a) -> int:
     from .evaluate import pending_images
-    from .select import SelectConfig, choose, detector_of, score_candidates
+    from .model import record_score
+    from .select import SelectConfig, choose, detector_of, pick_record, score_candidates
 
     cfg = SelectConfig(checkpoint=a.checkpoint, proxies=tuple(a.proxies), ts=tuple(a.t), max_draws=a.max_draws,
                        sampler=a.sampler, steps=a.steps, max_calls=a.max_calls, n_ref=a.n_ref, n_id=a.n_id,
@@ -277,33 +282,38 @@ def _cmd_select(a) -> int:
     best = choose(table, cfg.tolerance)
     print(f"\n{len(table)} candidates; chosen: {detector_of(best).describe()}; {best['calls']} calls/image, "
           f"mean proxy AUROC {best['mean']:.4f} (worst {best['worst']:.4f}); wrote {a.out}")
+    if not a.no_record and _main():
+        record = pick_record(table, cfg)
+        path = record_score(ckpt.path, record)
+        needs = record["default"].get("features")
+        print(f"recorded the pick in {path}" + (f"; build the bank it needs with `diffood bank --checkpoint {ckpt.path}`"
+                                                 if needs else ""))
     return 0
 
 
 def _add_bank(sub) -> None:
-    from .evaluate import DEFAULT_KNN as knn
     from .features import LAYERS, POOLINGS
 
-    spec = knn.spec
+    pick = " (default: what the checkpoint's recorded pick needs)"
     p = sub.add_parser("bank", help="embed ID training images with the checkpoint's UNet: the feature bank beside its weights")
     _add_common(p, sampler=False)
-    p.add_argument("--layer", default=spec.layer, choices=list(LAYERS))
-    p.add_argument("--feature-t", type=int, default=spec.t, help="t the images are noised to before the UNet call")
-    p.add_argument("--pooling", default=spec.pooling, choices=list(POOLINGS))
-    p.add_argument("--n", "--images", dest="n", type=int, default=knn.bank, help=f"training images (0: all){TORCHRUN_NOTE}")
+    p.add_argument("--layer", choices=list(LAYERS), help="the block whose output is embedded" + pick)
+    p.add_argument("--feature-t", type=int, help="t the images are noised to before the UNet call" + pick)
+    p.add_argument("--pooling", choices=list(POOLINGS), help="pooling over space" + pick)
+    p.add_argument("--n", "--images", dest="n", type=int, help=f"training images, 0: all{pick}{TORCHRUN_NOTE}")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--cache-dir", help="reuse embeddings `select` cached here (default ~/.cache/diffood/evals)")
     p.add_argument("--out", help="bank file (default: feature_bank.safetensors in the checkpoint folder)")
 
 
 def _cmd_bank(a) -> int:
-    import time
-
-    from .evaluate import default_cache_dir
+    from .evaluate import FALLBACK_PICK, checkpoint_pick, default_cache_dir
     from .features import BANK_DRAW, BANK_NAME, FeatureSpec, build_bank, cached_embeddings
 
     ckpt = _load(a)
-    spec, n = FeatureSpec(a.layer, a.feature_t, a.pooling), a.n or None
+    pick = checkpoint_pick(ckpt)[0]["default"].get("features") or FALLBACK_PICK["default"]["features"]
+    spec = FeatureSpec(a.layer or pick["layer"], a.feature_t or pick["t"], a.pooling or pick["pooling"])
+    n = (pick["bank"] if a.n is None else a.n) or None
     start = time.perf_counter()
     reused = cached_embeddings(a.cache_dir or default_cache_dir(), ckpt, ckpt.data.name, "train", n, spec.t, BANK_DRAW, a.seed)
     bar, progress = _progress_bar()
@@ -406,6 +416,43 @@ def _cmd_sample(a) -> int:
     return 0
 
 
+def _add_fit(sub) -> None:
+    from .datasets import CHANNELS, TORCHVISION
+    from .fit import FitConfig
+
+    p = sub.add_parser("fit", help="from images to a ready model: train, export, select, bank and tables (resumable)")
+    p.add_argument("--data", required=True, help=f"the ID set: {', '.join(TORCHVISION)}, or a folder or .zip of images")
+    p.add_argument("--out", required=True, help="the checkpoint folder (its training run lives in OUT/run)")
+    p.add_argument("--image-size", type=int, default=FitConfig.image_size, help="images are fitted to this many px (28-64)")
+    p.add_argument("--channels", type=int, default=FitConfig.channels, choices=CHANNELS, help="1 grayscale, 3 RGB")
+    p.add_argument("--epochs", type=float, default=FitConfig.epochs, help="length of the learning-rate schedule")
+    p.add_argument("--max-steps", type=int, help="train this many steps at most, then go on")
+    p.add_argument("--max-minutes", type=float, help="train this many minutes at most, then go on")
+    p.add_argument("--batch-size", type=int, default=FitConfig.batch_size)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--data-dir", help="torchvision's data folder, where folder specs are also looked for")
+    p.add_argument("--download", action="store_true", help="allow torchvision to download the ID set")
+
+
+def _cmd_fit(a) -> int:
+    from .fit import FitConfig, fit
+
+    started = time.perf_counter()
+    done = fit(FitConfig(a.data, a.out, a.image_size, a.channels, a.epochs, a.max_steps, a.max_minutes, a.batch_size,
+                         a.seed, a.data_dir, a.device))
+    pick, files = done["pick"], done["files"]
+    print(f"\n{a.out} is ready ({time.perf_counter() - started:.0f} s; " +
+          ", ".join(f"{k} {v:.0f} s" for k, v in done["seconds"].items()) + ")")
+    calls = pick['default']['calls']
+    print(f"  score: {pick['default']['kind']} ({calls} network call{'s' * (calls != 1)} per image), chosen on "
+          f"{', '.join(f'{k} {v:.3f}' for k, v in pick['proxies'].items())}; mean {pick['mean']:.4f}")
+    print(f"  default evaluation: AUROC {done['auroc']:.4f} against {done['ood']}")
+    print("  files: " + ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in files.items() if v > 2**16))
+    print(f"  next: diffood score --checkpoint {a.out} IMAGES · DIFFOOD_MODELS_DIR={Path(a.out).parent} diffood app")
+    return 0
+
+
 def _add_import(sub) -> None:
     p = sub.add_parser("import", help="make a diffood checkpoint of a DDPM saved by diffusers' DDPMPipeline.save_pretrained")
     p.add_argument("pipeline", help="the pipeline folder: model_index.json, unet/, scheduler/")
@@ -471,6 +518,7 @@ COMMANDS = {
     "sample": (_add_sample, _cmd_sample),
     "train": (_add_train, _cmd_train),
     "export": (_add_export, _cmd_export),
+    "fit": (_add_fit, _cmd_fit),
     "import": (_add_import, _cmd_import),
     "app": (_add_app, _cmd_app),
 }
@@ -496,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _warn  # one line per warning, no source lines
     if a.command == "app":
         return COMMANDS["app"][1](a)
-    if a.command not in ("train", "export", "import"):  # under torchrun: join the group (train does so itself); a GPU per local rank
+    if a.command not in ("train", "export", "import", "fit"):  # under torchrun: join the group (train does so itself); a GPU per local rank
         a.device = distributed.device_for_rank(a.device)
         distributed.init(a.device or default_device())
     ok = False

@@ -9,6 +9,7 @@ split and keep their test split; a folder holds out a validation and a test part
 from __future__ import annotations
 
 import functools
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,9 +225,41 @@ def _signature(path: Path) -> tuple:
     return (len(stats), hash(tuple(stats)))
 
 
+def _locations_path() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "diffood" / "data-locations.json"
+
+
+def known_locations() -> dict[str, str]:
+    """{recorded source: absolute path} of the folder sets trained on this machine."""
+    try:
+        found = json.loads(_locations_path().read_text())
+        return found if isinstance(found, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def remember_location(spec: DataSpec) -> None:
+    """Note on this machine where a folder spec given by an absolute path lives: a checkpoint records the
+    folder's name only (nothing of the machine), and later commands here find the folder again by it."""
+    if spec.is_torchvision or not Path(spec.source).is_absolute():
+        return
+    found = {**known_locations(), spec.recorded().source: str(Path(spec.source).resolve())}
+    path = _locations_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(found, indent=2))
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: the data folder is then found by --data-dir alone
+        pass
+
+
 def locate(spec: DataSpec, data_dir: Path) -> Path:
-    """Where a folder spec's images are: the path as given, else under the data folder by name."""
-    for candidate in (Path(spec.source).expanduser(), data_dir / spec.source, data_dir / Path(spec.source).name):
+    """Where a folder spec's images are: the path as given, else under the data folder by name, else where
+    this machine trained on a folder of that name (remember_location)."""
+    known = known_locations().get(spec.source)
+    candidates = [Path(spec.source).expanduser(), data_dir / spec.source, data_dir / Path(spec.source).name]
+    for candidate in candidates + ([Path(known)] if known else []):
         if candidate.is_dir() or (candidate.is_file() and candidate.suffix.lower() == ".zip"):
             return candidate
     given = Path(spec.source).expanduser()
@@ -234,7 +267,8 @@ def locate(spec: DataSpec, data_dir: Path) -> Path:
         raise DataSpecError(f"{spec.source} is neither a folder nor a .zip archive")
     raise DataSpecError(
         f"{spec.source!r} is neither a known data set ({', '.join(TORCHVISION)}) nor a folder or .zip "
-        f"(looked in {given} and {data_dir / Path(spec.source).name})")
+        f"(looked in {given} and {data_dir / Path(spec.source).name}); pass --data-dir with the folder that holds "
+        f"it, or set DIFFOOD_DATA_DIR")
 
 
 def read_all(spec: DataSpec, train: bool, data_dir: Path, download: bool) -> Images:

@@ -49,6 +49,14 @@ DEFAULT_MULTI_TS = tuple(t for t in DEFAULT_TS if t >= 500)
 # features at t = 50, one call per image. Its bank ships with the checkpoint (`python -m diffood bank`).
 RECONSTRUCTION_DETECTOR = Detector(ts=(700,), draws=4, metrics=("mse",))
 DEFAULT_KNN = KnnTerm(FeatureSpec("up_blocks.0", 50, "max"), k=1, draws=1, bank=58_000)
+# The pick a checkpoint without one of its own scores with: the FashionMNIST model's (diffood.json "score")
+FALLBACK_PICK = {
+    "default": {"kind": "features", "features": {"layer": DEFAULT_KNN.spec.layer, "t": DEFAULT_KNN.spec.t,
+                                                 "pooling": DEFAULT_KNN.spec.pooling, "k": DEFAULT_KNN.k,
+                                                 "draws": DEFAULT_KNN.draws, "bank": DEFAULT_KNN.bank}},
+    "reconstruction": {"ts": list(RECONSTRUCTION_DETECTOR.ts), "draws": RECONSTRUCTION_DETECTOR.draws,
+                       "metrics": list(RECONSTRUCTION_DETECTOR.metrics)},
+}
 FEATURE_CURVE_TS = (1, 10, 25, 50, 100, 200, 300, 500)  # the feature term's noise levels the ROC page plots
 SCORES = ("features", "reconstruction", "both")  # what the default score is made of; "both": the z-mean of the two
 DEFAULT_SCORE = "features"
@@ -77,12 +85,13 @@ class EvalConfig:
     ood: tuple[str, ...] | None = None  # None: the checkpoint's own default OOD set; (): the ID sets alone
     ts: tuple[int, ...] = DEFAULT_TS  # scored with one noise draw each: the per-t curves
     multi_ts: tuple[int, ...] | None = DEFAULT_MULTI_TS  # the t multi-t combines; None: all of `ts`
-    score: str = DEFAULT_SCORE  # the default score: one of SCORES
-    draws: int = RECONSTRUCTION_DETECTOR.draws  # noise draws the reconstruction score averages
-    detector_ts: tuple[int, ...] = RECONSTRUCTION_DETECTOR.ts  # the reconstruction score's t
-    detector_metrics: tuple[str, ...] = RECONSTRUCTION_DETECTOR.metrics
-    knn_k: int = DEFAULT_KNN.k  # the feature term's k and noise draws; the rest of it comes from the bank
-    knn_draws: int = DEFAULT_KNN.draws
+    # the default score and its terms; None: the checkpoint's recorded pick (`diffood select`), else FALLBACK_PICK
+    score: str | None = None  # one of SCORES
+    draws: int | None = None  # noise draws the reconstruction score averages
+    detector_ts: tuple[int, ...] | None = None  # the reconstruction score's t
+    detector_metrics: tuple[str, ...] | None = None
+    knn_k: int | None = None  # the feature term's k and noise draws; the rest of it comes from the bank
+    knn_draws: int | None = None
     feature_ts: tuple[int, ...] = ()  # more t_f for the feature term's curve (one draw each; a bank per t_f)
     tpr: float = 0.95  # the verdicts' target ID acceptance: the summary's threshold and the shares it accepts
     sampler: str = DEFAULT_SAMPLER
@@ -322,9 +331,24 @@ def _bank(cfg: EvalConfig, checkpoint: Checkpoint) -> FeatureBank | None:
     return checkpoint_bank(checkpoint) if cfg.score != "reconstruction" else None
 
 
+def checkpoint_pick(checkpoint: Checkpoint) -> tuple[dict, bool]:
+    """(The pick the checkpoint records, or FALLBACK_PICK; whether it is its own)."""
+    own = checkpoint.meta.score
+    return (own, True) if own else (FALLBACK_PICK, False)
+
+
 def for_checkpoint(cfg: EvalConfig, checkpoint: Checkpoint) -> EvalConfig:
-    """The config with its OOD sets made full for the checkpoint's ID set: none given is the checkpoint's
-    default OOD set; "vflip" is "<id>-vflip". The ID set itself is refused as an OOD set."""
+    """The config with every unset part of the score taken from the checkpoint's pick, and its OOD sets made
+    full for its ID set: none given is the checkpoint's default OOD set; "vflip" is "<id>-vflip". The ID set
+    itself is refused as an OOD set."""
+    pick, _ = checkpoint_pick(checkpoint)
+    default = pick["default"]
+    recon = default.get("reconstruction") or pick["reconstruction"]
+    knn = default.get("features") or FALLBACK_PICK["default"]["features"]
+    cfg = replace(cfg, score=cfg.score or default["kind"], draws=cfg.draws or recon["draws"],
+                  detector_ts=tuple(cfg.detector_ts or recon["ts"]),
+                  detector_metrics=tuple(cfg.detector_metrics or recon["metrics"]),
+                  knn_k=cfg.knn_k or knn["k"], knn_draws=cfg.knn_draws or knn["draws"])
     data = checkpoint.data
     ood = tuple(data.resolve(name) for name in (cfg.ood if cfg.ood is not None else (data.default_ood,)))
     same = [name for name in ood if name in (data.name, data.spec.source)]
@@ -364,7 +388,18 @@ def evaluate(
     bank = _bank(cfg, checkpoint)
     notes = [] if bank is not None or cfg.score == "reconstruction" else [
         f"{checkpoint.path} has no feature bank, so the default score is the reconstruction score; "
-        f"build one with `python -m diffood bank --checkpoint {checkpoint.path}`"]
+        f"build one with `diffood bank --checkpoint {checkpoint.path}`"]
+    pick, own = checkpoint_pick(checkpoint)
+    if not own:
+        notes.append(f"{checkpoint.data.label}'s model records no score of its own, so it scores with the settings "
+                     f"chosen for the FashionMNIST model; `diffood select --checkpoint {checkpoint.path}` chooses "
+                     f"its own on proxies of its ID set")
+    want = (pick["default"].get("features") or {}) if own else {}
+    if bank is not None and want and (want["layer"], want["t"], want["pooling"], want["bank"]) != (
+            bank.spec.layer, bank.spec.t, bank.spec.pooling, bank.n):
+        notes.append(f"the checkpoint's pick asks for a bank of {want['bank']:,} images at {want['layer']}, t = "
+                     f"{want['t']}, {want['pooling']} pooling; its bank holds {bank.describe()}: rebuild it with "
+                     f"`diffood bank --checkpoint {checkpoint.path}`")
     frames, computed, found = [], [], None
     for table in _tables(cfg, checkpoint, lpips_net, bank):
         scores, plan, done = _fill(cfg, checkpoint, table, progress)

@@ -12,7 +12,7 @@ from pathlib import Path
 from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
-from .datasets import DataSpec, download_allowed, load_split, resolve_data_dir
+from .datasets import DataSpec, download_allowed, load_split, remember_location, resolve_data_dir
 from .diffusion import make_scheduler
 from .errors import CheckpointError
 from .model import CheckpointMeta, count_parameters, save_checkpoint
@@ -70,6 +70,7 @@ def import_pipeline(folder: str | Path, data: str, out: str | Path, data_dir: st
         raise CheckpointError(f"{folder}: the UNet's weights do not load ({str(e)[:300]})") from e
     spec = DataSpec(data, size, channels)
     train = load_split(spec, "train", resolve_data_dir(data_dir), download_allowed())
+    remember_location(spec)
     id_data = describe_data(spec, train)
     meta = CheckpointMeta(
         image_size=size, **schedule,

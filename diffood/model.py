@@ -115,7 +115,8 @@ class CheckpointMeta:
     training_data: str = ""
     training: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
-    data: dict = field(default_factory=dict)  # data.IdData: the ID spec and what training recorded of it
+    data: dict = field(default_factory=dict)  # sets.IdData: the ID spec and what training recorded of it
+    score: dict = field(default_factory=dict)  # the pick `diffood select` recorded (evaluate.checkpoint_pick)
 
     @property
     def id_data(self) -> IdData:
@@ -158,6 +159,15 @@ def save_checkpoint(model: UNet2DModel, folder: str | Path, meta: CheckpointMeta
     atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True, default=list))
     atomic_write_text(folder / META_NAME, json.dumps(asdict(meta), indent=2))
     return folder
+
+
+def record_score(folder: str | Path, score: dict) -> Path:
+    """Write a protocol's pick into a checkpoint's diffood.json (its weights, and so its tables, unchanged)."""
+    path = Path(folder) / META_NAME
+    meta = json.loads(path.read_text())
+    meta["score"] = score
+    atomic_write_text(path, json.dumps(meta, indent=2))
+    return path
 
 
 def _sha256(path: Path) -> str:

@@ -25,13 +25,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS
-from .evaluate import EvalConfig, default_cache_dir, evaluate
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, sampler_name
+from .evaluate import FALLBACK_PICK, EvalConfig, default_cache_dir, evaluate
 from .features import BANK_DRAW, KS, LAYERS, POOLINGS, FeatureSpec, embed_set, knn_distances
 from .metrics import auroc
 from .model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 from .scoring import Detector, KnnTerm
 
+FALLBACK_RECON = {k: tuple(v) if isinstance(v, list) else v for k, v in FALLBACK_PICK["reconstruction"].items()}
 PROXIES = ("vflip", "hflip", "invert", "shuffle", "gaussian-noise", "uniform")  # built from the ID set
 CANDIDATE_TS = (500, 600, 700, 800, 900)
 METRIC_SETS = (("mse",), ("lpips",), ("mse", "lpips"))
@@ -174,6 +175,39 @@ def choose(table: pd.DataFrame, tolerance: float = 0.002) -> pd.Series:
     near = table[table["mean"] >= table["mean"].max() - tolerance]
     bank = near["bank"] if "bank" in near else 0
     return near.assign(bank=bank).sort_values(["calls", "bank", "worst"], ascending=[True, True, False]).iloc[0]
+
+
+RULE = ("the highest mean AUROC over the proxy sets; among candidates within the tolerance of it, the fewest "
+        "network calls, then the smaller bank, then the higher worst-proxy AUROC")
+
+
+def pick_record(table: pd.DataFrame, cfg: SelectConfig) -> dict:
+    """What a checkpoint records of a protocol's outcome (diffood.json "score"): the pick over every candidate,
+    the pick among reconstruction candidates alone (the reconstruction score), the rule and the proxy AUROCs."""
+    best = choose(table, cfg.tolerance)
+    det = detector_of(best)
+    recon_rows = table[table["kind"] == "reconstruction"]
+    recon = detector_of(choose(recon_rows, cfg.tolerance)) if len(recon_rows) else Detector(**FALLBACK_RECON)
+
+    def terms(d: Detector) -> dict:
+        out = {}
+        if d.ts:
+            out["reconstruction"] = {"ts": list(d.ts), "draws": d.draws, "metrics": list(d.metrics)}
+        if d.knn:
+            out["features"] = {"layer": d.knn.spec.layer, "t": d.knn.spec.t, "pooling": d.knn.spec.pooling,
+                               "k": d.knn.k, "draws": d.knn.draws, "bank": d.knn.bank}
+        return out
+
+    kind = "both" if det.ts and det.knn else "features" if det.knn else "reconstruction"
+    return {
+        "default": {"kind": kind, **terms(det), "calls": int(best["calls"])},
+        "reconstruction": terms(recon)["reconstruction"],
+        "rule": RULE, "tolerance": cfg.tolerance,
+        "proxies": {p: round(float(best[p]), 4) for p in cfg.proxies}, "mean": round(float(best["mean"]), 4),
+        "worst": round(float(best["worst"]), 4), "candidates": len(table),
+        "sampler": sampler_name(cfg.sampler, cfg.steps), "images": {"reference": cfg.n_ref, "id": cfg.n_id,
+                                                                    "proxy": cfg.n_proxy},
+    }
 
 
 def detector_of(row: pd.Series) -> Detector:

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .datasets import DataSpec, DataSpecError, download_allowed, load_split, resolve_data_dir
+from .datasets import DataSpec, DataSpecError, download_allowed, load_split, remember_location, resolve_data_dir
 from .diffusion import add_noise, default_device, make_scheduler
 from .errors import CheckpointError
 from .files import atomic_save_safetensors, atomic_write_text
@@ -102,6 +102,7 @@ class Trainer:
             raise ValueError(f"the model is built for {cfg.model.image_size} px x {cfg.model.channels} channels, "
                              f"the data is {cfg.data.image_size} px x {cfg.data.channels}")
         train = load_split(cfg.data, "train", resolve_data_dir(cfg.data_dir), download_allowed())
+        remember_location(cfg.data)
         self.images = train.pixels
         if cfg.limit_images:
             self.images = self.images[: cfg.limit_images]

@@ -21,7 +21,6 @@ from diffood.errors import DiffoodError
 from diffood.evaluate import (
     DEFAULT_MULTI_TS,
     DEFAULT_TS,
-    RECONSTRUCTION_DETECTOR,
     CacheWarning,
     EvalConfig,
     EvalResult,
@@ -82,7 +81,7 @@ DEFAULTS = {
     "sampler": DEFAULT_SAMPLER,
     "steps": DEFAULT_STEPS,
     "seed": 0,
-    "draws": RECONSTRUCTION_DETECTOR.draws,
+    "draws": None,  # the checkpoint's pick
     "eval_ts": list(DEFAULT_TS),
     "eval_n": 1000,
     "multi_ts": list(DEFAULT_MULTI_TS),
@@ -133,9 +132,9 @@ def sidebar() -> None:
         st.number_input("Target ID acceptance (TPR, %)", 50.0, 99.9, step=0.5, format="%.1f", key="tpr",
                         help="Verdicts call an image OOD when its score is above the threshold that accepts this share "
                              "of ID validation images; every page and CSV states both")
-        st.number_input("Noise draws", 1, 16, key="draws",
-                        help=f"The reconstruction score averages each image's error over this many independent noisings "
-                             f"at t = {', '.join(map(str, RECONSTRUCTION_DETECTOR.ts))}")
+        st.number_input("Noise draws", 1, 16, key="draws", placeholder="the model's pick",
+                        help="The reconstruction score averages each image's error over this many independent "
+                             "noisings; empty: as many as the model's recorded pick")
         st.divider()
         st.caption(f"Device: **{device_name()}**")
         status = lpips_status()
@@ -234,7 +233,7 @@ def eval_config(reference_only: bool = False) -> EvalConfig:
     s = st.session_state
     return EvalConfig(checkpoint=checkpoint_path(), ood=() if reference_only else (s["ood"],),
                       ts=tuple(sorted(s["eval_ts"])), multi_ts=tuple(sorted(set(s["multi_ts"]) & set(s["eval_ts"]))) or None,
-                      draws=int(s["draws"]), sampler=s["sampler"], steps=int(s["steps"]),
+                      draws=int(s["draws"]) if s["draws"] else None, sampler=s["sampler"], steps=int(s["steps"]),
                       n=DEFAULTS["eval_n"] if reference_only else int(s["eval_n"]), seed=int(s["seed"]),
                       tpr=tpr(), device=str(default_device()))
 

@@ -32,8 +32,8 @@ AlexNet features.
   once, an image lands near the training images it resembles. The **default score** is the distance to
   the nearest training image in that space (one network call), chosen over reconstruction errors and
   their combinations on proxy OOD sets made from the ID data alone (flipped, inverted, patch-shuffled,
-  noise), never on the OOD set it is reported on: `python -m diffood select` (run for the FashionMNIST
-  model; other models reuse its settings until it is run on them). The reconstruction score stays
+  noise), never on the OOD set it is reported on: `diffood select`, which records its pick in the
+  checkpoint (a model without one uses the FashionMNIST model's, and the pages say so). The reconstruction score stays
   beside it. Pick another model, or add your own checkpoint, in the sidebar.
 """
     )

@@ -23,6 +23,7 @@ def _isolated(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("DIFFOOD_DOWNLOAD", raising=False)
     monkeypatch.delenv("DIFFOOD_ALEXNET_WEIGHTS", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))  # data locations, inductor
 
 
 @pytest.fixture(scope="session")

@@ -246,3 +246,42 @@ def test_the_feature_curve_adds_t_f_rows_and_meets_the_default_at_the_banks_t(ck
     threshold = default["threshold"]
     assert default["tpr"] == 0.95 and 0 < default["ood_accepted"] < 1 and default["id_accepted"] > 0.5
     assert np.isfinite(threshold)
+
+
+@needs_data
+def test_select_records_its_pick_in_the_checkpoint_and_the_defaults_follow_it(ckpt_with_bank, tmp_path, monkeypatch,
+                                                                                capsys):
+    from diffood import evaluate as ev
+    from diffood import features as ft
+    from diffood.cli import main
+
+    allowed = {"fashionmnist", "fashionmnist-vflip", "uniform"}  # the ID set and the proxies: nothing else loads
+    for module in (ev, ft):
+        real = module.load_images
+        monkeypatch.setattr(module, "load_images", lambda name, *a, _real=real, **k: (
+            _real(name, *a, **k) if name in allowed else pytest.fail(f"the protocol loaded {name}")))
+    folder = ckpt_with_bank.path
+    before = load_checkpoint(folder)
+    assert main(["select", "--checkpoint", str(folder), "--proxies", "vflip", "uniform", "--t", "400", "--max-draws", "2",
+                 "--steps", "2", "--n-ref", "8", "--n-id", "8", "--n-proxy", "8", "--feature-t", "10", "50", "--layers",
+                 "mid_block", "--poolings", "mean", "--bank-sizes", "16", "--max-feature-draws", "1", "--max-calls", "4",
+                 "--precision", "fp32", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "sel.csv")]) == 0
+    assert "recorded the pick" in capsys.readouterr().out
+    after = load_checkpoint(folder)
+    assert after.sha256 == before.sha256  # the weights, and so every table, unchanged
+    pick = after.meta.score
+    table = pd.read_csv(tmp_path / "sel.csv")
+    assert pick["candidates"] == len(table) and set(pick["proxies"]) == {"fashionmnist-vflip", "uniform"}
+    assert pick["mean"] == pytest.approx(table["mean"].max(), abs=0.002) and "fewest network calls" in pick["rule"]
+    assert pick["reconstruction"]["ts"] == [400] and pick["reconstruction"]["draws"] in (1, 2)
+    cfg = ev.for_checkpoint(EvalConfig(checkpoint=str(folder)), after)  # unset parts come from the pick
+    assert cfg.score == {"features": "features", "both": "both", "reconstruction": "reconstruction"}[pick["default"]["kind"]]
+    recon = pick["default"].get("reconstruction") or pick["reconstruction"]
+    assert (cfg.detector_ts, cfg.draws) == (tuple(recon["ts"]), recon["draws"])
+    assert ev.for_checkpoint(EvalConfig(draws=3), after).draws == 3  # what is set stays
+    notes = {}
+    for name, ckpt in (("before", before), ("after", after)):
+        notes[name] = ev.evaluate(EvalConfig(checkpoint=str(folder), ood=(), ts=(400,), n_val=8, steps=1, lpips=False,
+                                             precision="fp32", cache_dir=str(tmp_path)), ckpt).notes
+    assert any("records no score of its own" in n for n in notes["before"])  # the pages say so
+    assert not any("records no score of its own" in n for n in notes["after"])

@@ -1,0 +1,114 @@
+"""One command from images to a ready model: train, export, choose the score on the model's own proxies
+(`select`, recorded in the checkpoint), build the bank it needs, and compute the tables the dashboard's
+default views read. Each stage starts from what the earlier ones left, so an interrupted fit resumes.
+
+The protocol's budget follows the set's size: the z-score reference and the ID side of each AUROC take
+half of the held-out validation images each (at most 300), each proxy the held-out test images (at most
+300); candidates: reconstruction at t = 600-800 with 1-2 draws, features of mid_block, up_blocks.0 and
+up_blocks.1, mean or max pooled, at t_f = 10, 50, 100, 200, k = 1 or 5, 1-2 draws, a bank of every
+training image (at most 10,000).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .datasets import DataSpec, download_allowed, held_out, load_split, resolve_data_dir
+from .evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, FALLBACK_PICK, FEATURE_CURVE_TS, EvalConfig, evaluate
+from .features import BANK_NAME, BankError, FeatureSpec, build_bank, checkpoint_bank
+from .model import ModelConfig, load_checkpoint, record_score
+from .select import SelectConfig, pick_record, score_candidates
+from .train import TrainConfig, export_run, run
+
+STAGES = ("train", "export", "select", "bank", "tables")
+
+
+@dataclass
+class FitConfig:
+    data: str  # a data spec: a torchvision name, or a folder or .zip of images
+    out: str  # the checkpoint folder; the training run lives in out/run, to resume from
+    image_size: int = 28
+    channels: int = 1
+    epochs: float = 20.0
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    batch_size: int = 128
+    seed: int = 0
+    data_dir: str | None = None
+    device: str | None = None
+
+
+def select_budget(spec: DataSpec, data_dir: Path) -> dict:
+    """The protocol's settings for a set of this size (the module docstring)."""
+    n = len(load_split(spec, "all", data_dir, download_allowed()).pixels) if not spec.is_torchvision else None
+    val = held_out(spec, n) if n is not None else spec.val_size
+    test = val if n is not None else 300
+    train = n - 2 * val if n is not None else 10_000
+    return dict(n_ref=min(300, val // 2), n_id=min(300, val // 2), n_proxy=min(300, test), ts=(600, 700, 800),
+                max_draws=2, feature_ts=(10, 50, 100, 200), layers=("mid_block", "up_blocks.0", "up_blocks.1"),
+                poolings=("mean", "max"), ks=(1, 5), bank_sizes=(min(10_000, train),), max_feature_draws=2)
+
+
+def fit(cfg: FitConfig, say: Callable[[str], None] = print) -> dict:
+    """Run every stage that is not done yet; returns what the summary names (the pick, files, seconds)."""
+    out, data_dir = Path(cfg.out), resolve_data_dir(cfg.data_dir)
+    spec = DataSpec(cfg.data, cfg.image_size, cfg.channels)
+    run_dir, seconds = out / "run", {}
+
+    def stage(name: str) -> float:
+        say(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name}")
+        return time.perf_counter()
+
+    start = stage("train")
+    train = TrainConfig(run_dir=str(run_dir), data=spec, model=ModelConfig(image_size=cfg.image_size, channels=cfg.channels),
+                        epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, data_dir=cfg.data_dir)
+    run(train, resume=(run_dir / "state.json").is_file(), max_steps=cfg.max_steps, max_minutes=cfg.max_minutes,
+        device=cfg.device)
+    seconds["train"] = time.perf_counter() - start
+
+    start = stage("export")
+    before = load_checkpoint(out) if (out / "diffood.json").is_file() else None
+    step, _ = export_run(run_dir, out)
+    if before is not None and before.meta.score and load_checkpoint(out).sha256 == before.sha256:
+        record_score(out, before.meta.score)  # the same weights keep the pick made for them
+    say(f"exported step {step} to {out}")
+    seconds["export"] = time.perf_counter() - start
+
+    ckpt = load_checkpoint(out, device=cfg.device or "cpu")
+    start = stage("select")
+    if not ckpt.meta.score:
+        select = SelectConfig(checkpoint=str(out), data_dir=cfg.data_dir, device=cfg.device, seed=cfg.seed,
+                              **select_budget(spec, data_dir))
+        table = score_candidates(select, ckpt)
+        table.to_csv(out / "select.csv", index=False)
+        record_score(out, pick_record(table, select.for_checkpoint(ckpt)))
+        ckpt = load_checkpoint(out, device=cfg.device or "cpu")
+    pick = ckpt.meta.score
+    say(f"pick: {pick['default']['kind']}, mean proxy AUROC {pick['mean']:.4f} over {pick['candidates']} candidates")
+    seconds["select"] = time.perf_counter() - start
+
+    start = stage("bank")
+    want = pick["default"].get("features") or FALLBACK_PICK["default"]["features"]
+    spec_f = FeatureSpec(want["layer"], want["t"], want["pooling"])
+    try:
+        bank = checkpoint_bank(ckpt)
+    except BankError:  # a bank of earlier weights: built again
+        bank = None
+    if bank is None or bank.spec != spec_f or bank.n != want["bank"]:
+        build_bank(ckpt, spec_f, want["bank"], cfg.seed, cfg.data_dir).save(out / BANK_NAME)
+    seconds["bank"] = time.perf_counter() - start
+
+    start = stage("tables")
+    ckpt = load_checkpoint(out, device=cfg.device or "cpu")
+    result = evaluate(EvalConfig(checkpoint=str(out), ts=DEFAULT_TS, multi_ts=DEFAULT_MULTI_TS,
+                                 feature_ts=FEATURE_CURVE_TS, seed=cfg.seed, data_dir=cfg.data_dir,
+                                 cache_dir=str(out / "evals"), device=cfg.device), ckpt)
+    seconds["tables"] = time.perf_counter() - start
+    default = result.summary[(result.summary["metric"] == "default")].iloc[0]
+    files = {p.relative_to(out).as_posix(): p.stat().st_size for p in sorted(out.rglob("*"))
+             if p.is_file() and "run" not in p.relative_to(out).parts and not p.name.endswith(".lock")}
+    return {"pick": pick, "ood": default["ood"], "auroc": float(default["auroc"]), "files": files, "seconds": seconds,
+            "step": step}
