@@ -167,7 +167,7 @@ def test_without_a_bank_the_default_score_is_reconstruction_only_and_says_so(tin
     r = evaluate(EvalConfig(checkpoint=str(tiny_checkpoint), ood=("uniform",), ts=(400,), detector_ts=(400,), steps=1,
                             n=6, n_val=6, lpips=False, precision="fp32"))
     assert r.detectors[DEFAULT].knn is None and r.bank is None
-    assert "no feature bank" in r.notes[0] and "python -m diffood bank" in r.notes[0]
+    assert "no feature bank" in r.notes[0] and "diffood bank --checkpoint" in r.notes[0]
 
 
 @needs_data

@@ -168,9 +168,9 @@ def test_training_on_a_one_gigabyte_bomb_is_one_line_in_little_memory(tmp_path):
 
     bomb = tmp_path / "x.zip"
     _zeros_zip(bomb, 1024)
-    peak = tmp_path / "peak"  # the child's own peak RSS, written as it exits
-    code = ("import atexit, resource, sys; from diffood.cli import main; atexit.register(lambda: open(sys.argv[1], 'w')"
-            ".write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))); sys.exit(main(sys.argv[2:]))")
+    peak = tmp_path / "peak"  # the child's own peak RSS (VmHWM: getrusage would count the forking parent's), at exit
+    code = ("import atexit, re, sys; from diffood.cli import main; atexit.register(lambda: open(sys.argv[1], 'w').write("
+            "re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))); sys.exit(main(sys.argv[2:]))")
     proc = subprocess.run([sys.executable, "-c", code, str(peak), "train", "--data", str(bomb), "--run-dir",
                            str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
