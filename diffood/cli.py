@@ -474,9 +474,9 @@ def _cmd_import(a) -> int:
 
 
 def _add_app(sub) -> None:
-    p = sub.add_parser("app", help="open the dashboard: `streamlit run app.py` with the settings of .streamlit/config.toml")
-    p.add_argument("streamlit_args", nargs=argparse.REMAINDER,
-                   help="more options for `streamlit run`, e.g. --server.port 8502 (they win over the shipped settings)")
+    sub.add_parser("app", help="open the dashboard: `streamlit run app.py` with the settings of .streamlit/config.toml",
+                   description="Opens the dashboard. Options after it go to `streamlit run`, e.g. `diffood app "
+                               "--server.port 8502`, and win over the shipped settings.")
 
 
 def app_script() -> Path:
@@ -503,7 +503,7 @@ def streamlit_flags(config: Path) -> list[str]:
 
 def _cmd_app(a) -> int:
     script = app_script()
-    extra = a.streamlit_args[1:] if a.streamlit_args[:1] == ["--"] else a.streamlit_args
+    extra = a.streamlit_args
     command = [sys.executable, "-m", "streamlit", "run", str(script),
                *streamlit_flags(script.parent / ".streamlit" / "config.toml"), *extra]
     return subprocess.call(command)
@@ -539,7 +539,11 @@ def _warn(message, category, filename, lineno, file=None, line=None) -> None:
 def main(argv: list[str] | None = None) -> int:
     from . import distributed
 
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a, rest = parser.parse_known_args(argv)
+    if rest and a.command != "app":  # only `app` passes options on (to streamlit)
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    a.streamlit_args = rest
     _setup(a)
     warnings.showwarning = _warn  # one line per warning, no source lines
     if a.command == "app":

@@ -69,3 +69,15 @@ def test_the_wheel_holds_both_models_the_dashboard_and_the_command(tmp_path):
     assert "diffood = diffood.cli:main" in zipfile.ZipFile(wheel).read(info).decode()
     assert any(n.endswith("licenses/LICENSE") for n in names)
     assert not any(Path(n).name == "state.safetensors" for n in names)
+
+
+def test_diffood_app_passes_its_options_to_streamlit_after_the_shipped_ones(monkeypatch):
+    from diffood import cli
+
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda command: calls.append(command) or 0)
+    assert cli.main(["app", "--server.port", "8502", "--server.address", "0.0.0.0"]) == 0
+    [command] = calls
+    assert command[1:4] == ["-m", "streamlit", "run"] and command[4].endswith("app.py")
+    assert command[-4:] == ["--server.port", "8502", "--server.address", "0.0.0.0"]  # last: they win
+    assert "--server.address=127.0.0.1" in command and "--server.maxUploadSize=20" in command
