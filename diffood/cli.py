@@ -480,10 +480,10 @@ def _add_app(sub) -> None:
 
 
 def app_script() -> Path:
-    """The dashboard's app.py: installed beside the package as `diffood_app`, or in the clone diffood runs from."""
-    spec = importlib.util.find_spec("diffood_app")
+    """The dashboard's app.py: in the clone this diffood runs from, or installed beside it as `diffood_app`."""
     clone = Path(__file__).resolve().parents[1]
-    for folder in [*(spec.submodule_search_locations or [] if spec else []), clone]:
+    spec = importlib.util.find_spec("diffood_app")
+    for folder in [clone, *(spec.submodule_search_locations or [] if spec else [])]:
         if (Path(folder) / "app.py").is_file() and (Path(folder) / "pages" / "common.py").is_file():
             return Path(folder) / "app.py"
     raise DiffoodError("the dashboard's files (app.py, pages/) are not installed; reinstall diffood")
