@@ -19,7 +19,7 @@ PROJECTIONS = ("PCA", "t-SNE")
 
 
 def embed_images(checkpoint, bank: FeatureBank, name: str, n: int, seed: int = 0, data_dir=None,
-              batch_size: int = 256) -> np.ndarray:
+                 batch_size: int = 256) -> np.ndarray:
     """The first draw's embeddings (n, C) of a set's first n images (seed-fixed order), as the default
     score embeds them in an evaluation: image i gets row i's noise."""
     device = next(checkpoint.model.parameters()).device

@@ -263,7 +263,8 @@ def bank_at(checkpoint, bank: FeatureBank, t: int, data_dir=None, cache_dir=None
         if cache_dir is not None else None
     if path is not None and path.is_file():
         try:
-            return load_bank(path, checkpoint.sha256, layer_channels(checkpoint.model, spec.layer))
+            return _read_bank(str(path), path.stat().st_mtime_ns, checkpoint.sha256,
+                              layer_channels(checkpoint.model, spec.layer))  # read once per file version
         except BankError:  # a damaged cached bank is built again
             path.unlink(missing_ok=True)
     built = build_bank(checkpoint, spec, n, seed, data_dir, batch_size, progress)

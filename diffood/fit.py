@@ -11,6 +11,7 @@ training image (at most 10,000).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Callable
 from .datasets import DataSpec, download_allowed, held_out, load_split, resolve_data_dir
 from .evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, FALLBACK_PICK, FEATURE_CURVE_TS, EvalConfig, evaluate
 from .features import BANK_NAME, BankError, FeatureSpec, build_bank, checkpoint_bank
-from .model import ModelConfig, load_checkpoint, record_score
+from .model import META_NAME, WEIGHTS_NAME, ModelConfig, file_sha256, load_checkpoint, record_score
 from .select import SelectConfig, pick_record, score_candidates
 from .train import TrainConfig, export_run, run
 
@@ -52,6 +53,15 @@ def select_budget(spec: DataSpec, data_dir: Path) -> dict:
                 poolings=("mean", "max"), ks=(1, 5), bank_sizes=(min(10_000, train),), max_feature_draws=2)
 
 
+def _earlier_pick(out: Path) -> tuple[str, dict] | None:
+    """(weights sha256, recorded pick) of a checkpoint an earlier fit left in `out`, if it recorded one."""
+    try:
+        score = json.loads((out / META_NAME).read_text()).get("score")
+        return (file_sha256(out / WEIGHTS_NAME), score) if score else None
+    except (OSError, ValueError):
+        return None
+
+
 def fit(cfg: FitConfig, say: Callable[[str], None] = print) -> dict:
     """Run every stage that is not done yet; returns what the summary names (the pick, files, seconds)."""
     out, data_dir = Path(cfg.out), resolve_data_dir(cfg.data_dir)
@@ -70,22 +80,23 @@ def fit(cfg: FitConfig, say: Callable[[str], None] = print) -> dict:
     seconds["train"] = time.perf_counter() - start
 
     start = stage("export")
-    before = load_checkpoint(out) if (out / "diffood.json").is_file() else None
+    earlier = _earlier_pick(out)
     step, _ = export_run(run_dir, out)
-    if before is not None and before.meta.score and load_checkpoint(out).sha256 == before.sha256:
-        record_score(out, before.meta.score)  # the same weights keep the pick made for them
+    ckpt = load_checkpoint(out, device=cfg.device or "cpu")
+    if earlier is not None and earlier[0] == ckpt.sha256:  # the same weights keep the pick made for them
+        record_score(out, earlier[1])
+        ckpt.meta.score = earlier[1]
     say(f"exported step {step} to {out}")
     seconds["export"] = time.perf_counter() - start
 
-    ckpt = load_checkpoint(out, device=cfg.device or "cpu")
     start = stage("select")
     if not ckpt.meta.score:
         select = SelectConfig(checkpoint=str(out), data_dir=cfg.data_dir, device=cfg.device, seed=cfg.seed,
                               **select_budget(spec, data_dir))
         table = score_candidates(select, ckpt)
         table.to_csv(out / "select.csv", index=False)
-        record_score(out, pick_record(table, select.for_checkpoint(ckpt)))
-        ckpt = load_checkpoint(out, device=cfg.device or "cpu")
+        ckpt.meta.score = pick_record(table, select.for_checkpoint(ckpt))
+        record_score(out, ckpt.meta.score)
     pick = ckpt.meta.score
     say(f"pick: {pick['default']['kind']}, mean proxy AUROC {pick['mean']:.4f} over {pick['candidates']} candidates")
     seconds["select"] = time.perf_counter() - start
@@ -102,7 +113,6 @@ def fit(cfg: FitConfig, say: Callable[[str], None] = print) -> dict:
     seconds["bank"] = time.perf_counter() - start
 
     start = stage("tables")
-    ckpt = load_checkpoint(out, device=cfg.device or "cpu")
     result = evaluate(EvalConfig(checkpoint=str(out), ts=DEFAULT_TS, multi_ts=DEFAULT_MULTI_TS,
                                  feature_ts=FEATURE_CURVE_TS, seed=cfg.seed, data_dir=cfg.data_dir,
                                  cache_dir=str(out / "evals"), device=cfg.device), ckpt)

@@ -201,8 +201,12 @@ def _refusal(info: zipfile.ZipInfo, limits: Limits) -> str | None:
 def read_archive(name: str, data: bytes, max_entries: int | None = MAX_ENTRIES, max_total: int = MAX_TOTAL_BYTES,
                  max_ratio: float = MAX_RATIO, max_bytes: int = MAX_UPLOAD_BYTES) -> list[Entry]:
     """The entries of an uploaded zip archive; an unreadable or oversized archive is one error entry."""
+    return _entries_or_error(name, data, Limits(max_entries, max_total, max_ratio, max_bytes))
+
+
+def _entries_or_error(name: str, data: bytes, limits: Limits) -> list[Entry]:
     try:
-        return list(archive_entries(name, data, Limits(max_entries, max_total, max_ratio, max_bytes)))
+        return list(archive_entries(name, data, limits))
     except InputError as e:
         return [Entry(name, error=str(e).removeprefix(f"{name}: "))]
 
@@ -239,9 +243,7 @@ def _read_files(files: list[Path], root: Path | None, limits: Limits, images_onl
 
 def expand(name: str, data: bytes, limits: Limits = UPLOADS) -> list[Entry]:
     """One uploaded file -> its entries: itself, or an archive's contents."""
-    if not is_archive(name):
-        return [Entry(name, data)]
-    return read_archive(name, data, limits.entries, limits.total, limits.ratio, limits.file_bytes)
+    return _entries_or_error(name, data, limits) if is_archive(name) else [Entry(name, data)]
 
 
 def collect(paths: list[str], limits: Limits = UPLOADS, scan: ScanLimits = SCAN) -> Iterator[Entry]:

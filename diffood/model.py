@@ -170,7 +170,7 @@ def record_score(folder: str | Path, score: dict) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -237,7 +237,7 @@ def load_checkpoint(folder: str | Path | None, device: str | torch.device = "cpu
         model.to(memory_format=torch.channels_last)
     if compile:
         model = compile_for_inference(model, precision)
-    return Checkpoint(model=model, meta=meta, path=folder, sha256=_sha256(folder / WEIGHTS_NAME), precision=precision)
+    return Checkpoint(model=model, meta=meta, path=folder, sha256=file_sha256(folder / WEIGHTS_NAME), precision=precision)
 
 
 COMPILE_MODES = ("auto", "on", "off")
