@@ -1,5 +1,5 @@
-"""The selection protocol: choose the default score on ID validation images against proxy OOD sets made
-from FashionMNIST and noise alone. MNIST never enters it; it is reported afterwards, never used to pick.
+"""The selection protocol: choose a checkpoint's default score on its ID validation images against proxy OOD
+sets made from its own ID set and noise alone. No other set enters it; those are reported, never used to pick.
 
 Candidates, each within `max_calls` network calls per image:
 - reconstruction: every run of consecutive t in `ts`, 1..max_draws noise draws, MSE, LPIPS or both;
@@ -10,9 +10,9 @@ Candidates, each within `max_calls` network calls per image:
 The ID validation images split in two: the first part is the z-score reference (as in the app), the
 second is the ID side of each AUROC. Training images enter only the banks.
 
-The rule, fixed before any MNIST number was looked at: the highest mean AUROC over the proxy sets;
-among candidates within `tolerance` of it, the one with the fewest network calls, then the smaller
-bank, then the higher worst-proxy AUROC.
+The rule, the same for every checkpoint (fixed before any reported figure of the first model was seen): the
+highest mean AUROC over the proxy sets; among candidates within `tolerance` of it, the one with the fewest
+network calls, then the smaller bank, then the higher worst-proxy AUROC.
 """
 
 from __future__ import annotations

@@ -82,13 +82,20 @@ if knn is not None:
             fig.add_scatter(x=rows["t"], y=rows[rate], mode="lines+markers", name=name, line_color=line)
             fig.add_scatter(x=chosen["t"], y=chosen[rate], mode="markers", showlegend=False,
                             marker=dict(symbol="star", size=16, color=line))
+        feature = combined.loc[FEATURES if FEATURES in combined.index else DEFAULT]
+        if knn.draws > 1:  # the curve is one draw per t_f; the feature term averages several at its own
+            fig.add_scatter(x=[knn.spec.t], y=[feature["auroc"]], mode="markers", name=f"{knn.draws} draws: AUROC",
+                            marker=dict(symbol="diamond", size=12, color="#f0a43a"))
         fig.add_vline(x=knn.spec.t, line_dash="dash", annotation_text=f"chosen t_f = {knn.spec.t}")
         fig.update_layout(title=f"Feature score vs t_f: {checkpoint().data.label} vs {ood}", xaxis_title="t_f",
                           xaxis_type="log", yaxis_range=[0, 1.02])
         st.plotly_chart(fig, config=png)
-        st.caption(f"One network call per image at each t_f: {knn.describe().replace(f't = {knn.spec.t}', 't = t_f')}, "
-                   f"with a bank of the same training images embedded at that t_f. The star is the default "
-                   f"score's t_f, where the AUROC is the default score's.")
+        one = replace(knn, draws=1).describe().replace(f"t = {knn.spec.t}", "t = t_f")
+        st.caption(f"One network call per image at each t_f: {one}, with a bank of the same training images embedded "
+                   f"at that t_f. The star is the chosen t_f" + (
+                       ", where the AUROC is the feature term's." if knn.draws == 1 else
+                       f"; there the feature term averages {knn.draws} draws ({calls(knn.draws)} per image): AUROC "
+                       f"{feature['auroc']:.3f}, FPR95 {feature['fpr95']:.3f} (the diamond)."))
 
 st.subheader("ROC curves")
 c1, c2 = st.columns(2)

@@ -325,6 +325,33 @@ def test_the_feature_space_page_opens_offline_with_each_shipped_model(model, tmp
     assert [len(_plotly_array(t["x"])) for t in figure["data"]] == [250, 250, 250]
 
 
+@pytest.mark.slow
+def test_the_roc_page_shows_the_mnist_models_own_pick_offline(tmp_path, monkeypatch):
+    """The MNIST model scores with the pick its own proxies chose (4 draws at t_f = 300), from shipped tables."""
+    import json
+
+    import pandas as pd
+
+    from diffood.model import SHIPPED_MODELS
+
+    monkeypatch.setenv("DIFFOOD_DATA_DIR", str(tmp_path))  # no data: the shipped sample and tables only
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240)
+    at.session_state["checkpoint"] = str(SHIPPED_MODELS["mnist"])
+    at.run()
+    goto(at, "pages/roc.py")
+    _ok(at)
+    assert not [b for b in at.button if b.label.startswith("Compute")]
+    assert not any("records no score of its own" in i.value for i in at.info)
+    summary = pd.read_csv(SHIPPED_MODELS["mnist"] / "evals" / "summary.csv")
+    default = summary[(summary["metric"] == "default") & (summary["ood"] == "fashionmnist")].iloc[0]
+    assert at.metric[0].label == "default · AUROC" and at.metric[0].value == f"{default['auroc']:.3f}"
+    assert "mean-pooled up_blocks.0" in at.metric[0].help and "4 noise draws" in at.metric[0].help
+    curve = json.loads(at.get("plotly_chart")[2].proto.spec)
+    [diamond] = [t for t in curve["data"] if t.get("name") == "4 draws: AUROC"]
+    assert list(_plotly_array(diamond["y"])) == [pytest.approx(default["auroc"])]
+    assert any(f"averages 4 draws (4 calls per image): AUROC {default['auroc']:.3f}" in c.value for c in at.caption)
+
+
 def test_without_the_training_images_the_why_view_lists_distances_and_fetches_them_on_a_click(
         banked_checkpoint, tmp_path, monkeypatch):
     from diffood import datasets

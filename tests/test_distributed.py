@@ -61,7 +61,7 @@ def test_bank_score_and_evaluate_under_torchrun_equal_one_process(setup, tiny_ch
         tables = {p.name.split(".")[0][-4:]: pd.read_csv(gzip.open(p)) for p in (tmp_path / f"cache{nproc}").glob("*.csv.gz")}
         results[nproc] = (load_file(ckpt / BANK_NAME)["embeddings"], pd.read_csv(tmp_path / f"score{nproc}.csv"), pd.read_csv(tmp_path / f"eval{nproc}_scores.csv"),
                           tables, out)
-    (bank1, score1, eval1, tables1, out1), (bank2, score2, eval2, tables2, out2) = results[1], results[2]
+    (bank1, score1, eval1, tables1, _out1), (bank2, score2, eval2, tables2, out2) = results[1], results[2]
     torch.testing.assert_close(bank2, bank1, atol=0, rtol=0)
     assert score2["file"].tolist() == score1["file"].tolist() and score1["error"].notna().sum() == 1
     assert score2["verdict"].tolist() == score1["verdict"].tolist()

@@ -28,7 +28,7 @@ from diffood.features import (
 from diffood.images import to_model_input
 from diffood.model import load_checkpoint
 from diffood.scoring import Detector, KnnTerm, feature_distances
-from diffood.select import SelectConfig, choose, detector_of, score_candidates
+from diffood.select import SelectConfig, choose, detector_of, pick_record, score_candidates
 from diffood.sets import load_images
 from diffood.verdict import Reference, judge, judge_entries
 from tests.conftest import needs_data
@@ -285,3 +285,30 @@ def test_select_records_its_pick_in_the_checkpoint_and_the_defaults_follow_it(ck
                                              precision="fp32", cache_dir=str(tmp_path)), ckpt).notes
     assert any("records no score of its own" in n for n in notes["before"])  # the pages say so
     assert not any("records no score of its own" in n for n in notes["after"])
+
+
+@pytest.mark.parametrize("name", ["fashionmnist", "mnist"])
+def test_each_shipped_model_records_the_pick_its_own_proxies_chose(name):
+    """The pick in diffood.json is the rule applied to the protocol's shipped tables, which score proxies of
+    the model's own ID set alone; the shipped bank and tables are the ones the pick needs."""
+    from pathlib import Path
+
+    from diffood.evaluate import pending_images
+
+    ckpt = load_checkpoint(name, precision="fp32", device="cpu")
+    pick = ckpt.meta.score
+    own = {f"{ckpt.data.name}-{p}" for p in ("vflip", "hflip", "invert", "shuffle")} | {"gaussian-noise", "uniform"}
+    assert set(pick["proxies"]) == own and ckpt.data.default_ood not in pick["proxies"]
+    repo = Path(__file__).resolve().parents[1]
+    table = pd.concat([pd.read_csv(repo / s.split(" (")[0]) for s in pick["stages"].split(", ")], ignore_index=True)
+    assert set(table.columns) >= own and not set(table.columns) & {"mnist", "fashionmnist"}
+    assert len(table) == pick["candidates"]
+    again = pick_record(table, SelectConfig(proxies=tuple(pick["proxies"]), tolerance=pick["tolerance"]))
+    assert {k: again[k] for k in ("default", "proxies", "mean", "worst")} == {
+        k: pick[k] for k in ("default", "proxies", "mean", "worst")}
+    bank, want = checkpoint_bank(ckpt), pick["default"].get("features")
+    if want:
+        assert (bank.spec.layer, bank.spec.t, bank.spec.pooling, bank.n) == (want["layer"], want["t"], want["pooling"],
+                                                                            want["bank"])
+    assert pending_images(EvalConfig(checkpoint=name), ckpt) == 0  # the default evaluation ships: nothing to compute
+

@@ -81,3 +81,17 @@ def test_diffood_app_passes_its_options_to_streamlit_after_the_shipped_ones(monk
     assert command[1:4] == ["-m", "streamlit", "run"] and command[4].endswith("app.py")
     assert command[-4:] == ["--server.port", "8502", "--server.address", "0.0.0.0"]  # last: they win
     assert "--server.address=127.0.0.1" in command and "--server.maxUploadSize=20" in command
+
+
+def test_the_repository_stays_light():
+    """No tracked file over 20 MB; the MNIST model's folder under 15 MB."""
+    import subprocess
+    from pathlib import Path
+
+    from diffood.model import SHIPPED_MODELS
+
+    repo = Path(__file__).resolve().parents[1]
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout.split(b"\0")
+    sizes = {f.decode(): (repo / f.decode()).stat().st_size for f in tracked if f and (repo / f.decode()).is_file()}
+    assert max(sizes.values()) < 20_000_000, max(sizes, key=sizes.get)
+    assert sum(f.stat().st_size for f in SHIPPED_MODELS["mnist"].rglob("*") if f.is_file()) < 15_000_000
