@@ -289,7 +289,7 @@ def _tables(cfg: EvalConfig, checkpoint: Checkpoint, lpips_net, bank: FeatureBan
     settings = {k: v for k, v in asdict(cfg).items()
                 if k not in ("checkpoint", "data_dir", "cache_dir", "device", "recompute", "id_test")}
     tables = [_Table(
-        "reconstruction", cfg.cache_key(checkpoint.sha256, lpips_net is not None), SCORE_COLUMNS, cfg.needed(),
+        "reconstruction", cfg.cache_key(checkpoint.key, lpips_net is not None), SCORE_COLUMNS, cfg.needed(),
         lambda x, t, draws, step: score_images(model, x, [t], scheduler, cfg.sampler, cfg.steps, cfg.seed, lpips_net,
                                                cfg.batch_size, step, draws, checkpoint.precision),
         {"checkpoint_sha256": checkpoint.sha256, **settings, "precision": checkpoint.precision})]
@@ -298,7 +298,7 @@ def _tables(cfg: EvalConfig, checkpoint: Checkpoint, lpips_net, bank: FeatureBan
         need = {**{t: 1 for t in cfg.feature_ts}, knn.spec.t: knn.draws}
         cache = default_cache_dir()  # banks at other t_f are a cache of their own, never beside shipped tables
         tables.append(_Table(
-            "features", cfg.feature_key(checkpoint.sha256, bank), FEATURE_COLUMNS, need,
+            "features", cfg.feature_key(checkpoint.key, bank), FEATURE_COLUMNS, need,
             lambda x, t, draws, step: feature_distances(
                 model, x, bank_at(checkpoint, bank, t, cfg.data_dir, cache, cfg.batch_size), draws, cfg.seed,
                 checkpoint.precision, cfg.batch_size, progress=step, scheduler=scheduler),

@@ -124,7 +124,7 @@ class FeatureBank:
 
     spec: FeatureSpec
     embeddings: torch.Tensor  # (N, C)
-    checkpoint_sha256: str
+    checkpoint_sha256: str  # model.Checkpoint.key: the weights' sha256, with the noise schedule where not the default
     source: dict  # dataset, split, n, seed: load_images(**source) gives the images in bank order; seed: the noise's too
 
     @property
@@ -193,9 +193,9 @@ def load_bank(path: str | Path, checkpoint_sha256: str, width: int | None = None
     if meta.get("version") != BANK_VERSION:
         raise BankError(f"feature bank {path} has version {meta.get('version')}, expected {BANK_VERSION}; rebuild it")
     if bank.checkpoint_sha256 != checkpoint_sha256:
-        raise BankError(f"feature bank {path} was built from other weights (sha256 {bank.checkpoint_sha256[:12]}…, "
-                        f"these are {checkpoint_sha256[:12]}…); rebuild it with `python -m diffood bank --checkpoint "
-                        f"{path.parent}`")
+        raise BankError(f"feature bank {path} was built from other weights or another noise schedule (key "
+                        f"{bank.checkpoint_sha256[:12]}…, these are {checkpoint_sha256[:12]}…); rebuild it with "
+                        f"`python -m diffood bank --checkpoint {path.parent}`")
     width = width or embeddings.shape[-1]
     if embeddings.dim() != 2 or len(embeddings) != meta.get("n") or embeddings.shape[1] != width:
         raise BankError(f"feature bank {path} holds {tuple(embeddings.shape)} embeddings; its settings say "
@@ -211,7 +211,7 @@ def checkpoint_bank(checkpoint) -> FeatureBank | None:
         return None
     layer = _bank_layer(str(path), path.stat().st_mtime_ns)
     width = layer_channels(checkpoint.model, layer) if layer in LAYERS else None
-    return _read_bank(str(path), path.stat().st_mtime_ns, checkpoint.sha256, width)
+    return _read_bank(str(path), path.stat().st_mtime_ns, checkpoint.key, width)
 
 
 @lru_cache(maxsize=8)
@@ -248,7 +248,7 @@ def build_bank(checkpoint, spec: FeatureSpec, n: int | None = 10_000, seed: int 
         embeddings = embed(checkpoint.model, x, spec.t, bank_noise(len(x), spec.t, seed, x.shape[1:]), (spec.layer,),
                            (spec.pooling,), checkpoint.precision, batch_size, step, checkpoint.scheduler)[spec.layer, spec.pooling]
     source["n"] = len(embeddings)
-    return FeatureBank(spec, embeddings.half(), checkpoint.sha256, source)
+    return FeatureBank(spec, embeddings.half(), checkpoint.key, source)
 
 
 def bank_at(checkpoint, bank: FeatureBank, t: int, data_dir=None, cache_dir=None, batch_size: int = 256,
@@ -259,11 +259,11 @@ def bank_at(checkpoint, bank: FeatureBank, t: int, data_dir=None, cache_dir=None
         return bank
     spec = FeatureSpec(bank.spec.layer, t, bank.spec.pooling)
     n, seed = bank.source.get("n"), bank.source.get("seed", 0)
-    path = Path(cache_dir) / "banks" / f"{checkpoint.sha256[:16]}-{spec.layer}-{spec.pooling}-t{t}-n{n}-s{seed}.safetensors" \
+    path = Path(cache_dir) / "banks" / f"{checkpoint.key[:16]}-{spec.layer}-{spec.pooling}-t{t}-n{n}-s{seed}.safetensors" \
         if cache_dir is not None else None
     if path is not None and path.is_file():
         try:
-            return _read_bank(str(path), path.stat().st_mtime_ns, checkpoint.sha256,
+            return _read_bank(str(path), path.stat().st_mtime_ns, checkpoint.key,
                               layer_channels(checkpoint.model, spec.layer))  # read once per file version
         except BankError:  # a damaged cached bank is built again
             path.unlink(missing_ok=True)
@@ -280,7 +280,7 @@ def bank_noise(n: int, t: int, seed: int, image_shape: tuple[int, ...] = (1, 28,
 
 
 def _embedding_path(cache_dir, checkpoint, name, split, n, t, draw, seed) -> Path:
-    return Path(cache_dir) / "embeddings" / f"{checkpoint.sha256[:16]}-{name}-{split}-s{seed}-t{t}-d{draw}-n{n}.safetensors"
+    return Path(cache_dir) / "embeddings" / f"{checkpoint.key[:16]}-{name}-{split}-s{seed}-t{t}-d{draw}-n{n}.safetensors"
 
 
 def cached_embeddings(cache_dir, checkpoint, name: str, split: str, n: int | None, t: int, draw: int,

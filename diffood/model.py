@@ -129,7 +129,7 @@ class Checkpoint:
     model: UNet2DModel
     meta: CheckpointMeta
     path: Path
-    sha256: str  # of the weights file: identifies the model in evaluation cache keys
+    sha256: str  # of the weights file
     precision: str = "fp32"  # the UNet's, resolved for its device: "fp32" or "bf16"
 
     @property
@@ -137,10 +137,24 @@ class Checkpoint:
         return self.meta.id_data
 
     @property
+    def key(self) -> str:
+        """What names the model in cache keys and banks: the weights' sha256, joined by the noise schedule where
+        that is not the default one (the same weights noised on another schedule give other scores)."""
+        noise = _noise_settings(self.meta)
+        if noise == _noise_settings(CheckpointMeta()):
+            return self.sha256
+        return hashlib.sha256(f"{self.sha256} {json.dumps(noise, sort_keys=True)}".encode()).hexdigest()
+
+    @property
     def scheduler(self):
         """The noise schedule the model was trained on (diffusers' DDPMScheduler), from its diffood.json."""
         m = self.meta
         return make_scheduler(m.num_train_timesteps, m.beta_schedule, m.prediction_type, m.beta_start, m.beta_end)
+
+
+def _noise_settings(meta: CheckpointMeta) -> dict:
+    return {k: getattr(meta, k) for k in ("num_train_timesteps", "beta_schedule", "prediction_type", "beta_start",
+                                          "beta_end")}
 
 
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}

@@ -268,7 +268,7 @@ def evaluation(cfg: EvalConfig, button: str = "Compute now") -> EvalResult | Non
             return None
         st.rerun()  # redraw without the button, now reading the cache
     try:
-        result = _read_evaluation(json.dumps(asdict(cfg)), ckpt.sha256, version)
+        result = _read_evaluation(json.dumps(asdict(cfg)), ckpt.key, version)
     except DiffoodError as e:
         st.error(str(e))
         return None

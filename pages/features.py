@@ -58,7 +58,7 @@ sets = [(data.name, f"{data.label} test (ID)"), (s["ood"], f"{dataset_label(data
 points, labels, rows, names = [], [], [], []
 try:
     for name, label in sets:
-        e = embeddings(str(ckpt.path), ckpt.sha256, bank.fingerprint(), name, n, int(s["seed"]))
+        e = embeddings(str(ckpt.path), ckpt.key, bank.fingerprint(), name, n, int(s["seed"]))
         points.append(e)
         labels += [label] * len(e)
         rows += list(range(len(e)))
@@ -127,7 +127,7 @@ for i in picked[:12]:
     cols = st.columns([1, 2, 3])
     try:
         shown = (bank_images(bank, [row], id=data)[0].float() / 255 if name == "bank" else None)
-        image = to_display(shown, 3) if shown is not None else thumbnails(str(ckpt.path), ckpt.sha256, name, n,
+        image = to_display(shown, 3) if shown is not None else thumbnails(str(ckpt.path), ckpt.key, name, n,
                                                                           int(s["seed"]), (row,))[0]
         cols[0].image(image, caption=f"{labels[i]} #{row}")
     except DiffoodError as e:

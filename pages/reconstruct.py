@@ -44,7 +44,7 @@ def view() -> None:
         with col:
             st.subheader(dataset_label(ckpt.data, dataset))
             try:
-                rows, err = reconstructions(str(ckpt.path), ckpt.sha256, dataset, n, t, s["sampler"], int(s["steps"]), int(s["seed"]))
+                rows, err = reconstructions(str(ckpt.path), ckpt.key, dataset, n, t, s["sampler"], int(s["steps"]), int(s["seed"]))
             except DiffoodError as e:
                 st.error(str(e))
                 continue

@@ -179,7 +179,7 @@ result = evaluation(eval_config(reference_only=True))
 if result is None:
     st.stop()
 reference = Reference.from_result(result, tpr=tpr())
-settings = (str(ckpt.path), ckpt.sha256, s["sampler"], int(s["steps"]), int(s["seed"]))
+settings = (str(ckpt.path), ckpt.key, s["sampler"], int(s["steps"]), int(s["seed"]))
 
 if len(entries) == 1:
     entry = entries[0]

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -9,7 +10,7 @@ from diffusers import DDPMPipeline, DDPMScheduler
 
 from diffood.cli import main
 from diffood.model import ModelConfig, build_unet, load_checkpoint
-from tests.conftest import TINY
+from tests.conftest import TINY, needs_data
 from tests.test_datasets import write_shapes
 
 
@@ -68,3 +69,28 @@ def test_a_checkpoint_with_an_unknown_schedule_is_refused_when_loaded(tiny_check
     (folder / "diffood.json").write_text(json.dumps({**meta, "beta_schedule": "sigmoid"}))
     with pytest.raises(CheckpointError, match="noise schedule 'sigmoid' is not supported"):
         load_checkpoint(folder)
+
+
+@needs_data
+def test_the_same_weights_on_another_schedule_share_no_cached_table_or_bank(tiny_checkpoint, tmp_path):
+    import shutil
+
+    from diffood.evaluate import EvalConfig, evaluate
+    from diffood.features import BANK_NAME, BankError, FeatureSpec, build_bank, checkpoint_bank
+
+    cosine = shutil.copytree(tiny_checkpoint, tmp_path / "cosine")
+    linear = shutil.copytree(tiny_checkpoint, tmp_path / "linear")
+    meta = json.loads((linear / "diffood.json").read_text())
+    (linear / "diffood.json").write_text(json.dumps({**meta, "beta_schedule": "linear"}))
+    a, b = load_checkpoint(cosine, precision="fp32"), load_checkpoint(linear, precision="fp32")
+    assert a.sha256 == b.sha256 and a.key == a.sha256 and b.key != a.key  # the default schedule keeps its old key
+    cfg = dict(ood=(), ts=(400,), detector_ts=(400,), draws=1, steps=1, n_val=8, lpips=False, precision="fp32",
+               cache_dir=str(tmp_path / "cache"))
+    first = evaluate(EvalConfig(checkpoint=str(cosine), **cfg), a)
+    second = evaluate(EvalConfig(checkpoint=str(linear), **cfg), b)
+    assert second.computed  # nothing read from the cosine schedule's table
+    assert not np.allclose(first.reference["mse"], second.reference["mse"])
+    assert evaluate(EvalConfig(checkpoint=str(cosine), **cfg), a).computed == []  # each reads back its own
+    build_bank(a, FeatureSpec("mid_block", 50), n=16).save(linear / BANK_NAME)
+    with pytest.raises(BankError, match="another noise schedule"):
+        checkpoint_bank(b)
