@@ -307,11 +307,11 @@ def _add_bank(sub) -> None:
 
 
 def _cmd_bank(a) -> int:
-    from .evaluate import FALLBACK_PICK, checkpoint_pick, default_cache_dir
+    from .evaluate import default_cache_dir, pick_features
     from .features import BANK_DRAW, BANK_NAME, FeatureSpec, build_bank, cached_embeddings
 
     ckpt = _load(a)
-    pick = checkpoint_pick(ckpt)[0]["default"].get("features") or FALLBACK_PICK["default"]["features"]
+    pick = pick_features(ckpt)
     spec = FeatureSpec(a.layer or pick["layer"], a.feature_t or pick["t"], a.pooling or pick["pooling"])
     n = (pick["bank"] if a.n is None else a.n) or None
     start = time.perf_counter()

@@ -337,6 +337,12 @@ def checkpoint_pick(checkpoint: Checkpoint) -> tuple[dict, bool]:
     return (own, True) if own else (FALLBACK_PICK, False)
 
 
+def pick_features(checkpoint: Checkpoint) -> dict:
+    """The feature term the checkpoint's pick uses (layer, t, pooling, k, draws, bank), or the fallback's where
+    the pick has none: what its bank is built for."""
+    return checkpoint_pick(checkpoint)[0]["default"].get("features") or FALLBACK_PICK["default"]["features"]
+
+
 def for_checkpoint(cfg: EvalConfig, checkpoint: Checkpoint) -> EvalConfig:
     """The config with every unset part of the score taken from the checkpoint's pick, and its OOD sets made
     full for its ID set: none given is the checkpoint's default OOD set; "vflip" is "<id>-vflip". The ID set
@@ -344,7 +350,7 @@ def for_checkpoint(cfg: EvalConfig, checkpoint: Checkpoint) -> EvalConfig:
     pick, _ = checkpoint_pick(checkpoint)
     default = pick["default"]
     recon = default.get("reconstruction") or pick["reconstruction"]
-    knn = default.get("features") or FALLBACK_PICK["default"]["features"]
+    knn = pick_features(checkpoint)
     cfg = replace(cfg, score=cfg.score or default["kind"], draws=cfg.draws or recon["draws"],
                   detector_ts=tuple(cfg.detector_ts or recon["ts"]),
                   detector_metrics=tuple(cfg.detector_metrics or recon["metrics"]),

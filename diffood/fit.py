@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .datasets import DataSpec, download_allowed, held_out, load_split, resolve_data_dir
-from .evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, FALLBACK_PICK, FEATURE_CURVE_TS, EvalConfig, evaluate
+from .evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, FEATURE_CURVE_TS, EvalConfig, evaluate, pick_features
 from .features import BANK_NAME, BankError, FeatureSpec, build_bank, checkpoint_bank
 from .model import META_NAME, WEIGHTS_NAME, ModelConfig, file_sha256, load_checkpoint, record_score
 from .select import SelectConfig, pick_record, score_candidates
@@ -102,7 +102,7 @@ def fit(cfg: FitConfig, say: Callable[[str], None] = print) -> dict:
     seconds["select"] = time.perf_counter() - start
 
     start = stage("bank")
-    want = pick["default"].get("features") or FALLBACK_PICK["default"]["features"]
+    want = pick_features(ckpt)
     spec_f = FeatureSpec(want["layer"], want["t"], want["pooling"])
     try:
         bank = checkpoint_bank(ckpt)

@@ -9,13 +9,13 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from diffusers import UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
 from .datasets import DataSpec, download_allowed, load_split, remember_location, resolve_data_dir
 from .diffusion import make_scheduler
 from .errors import CheckpointError
-from .model import CheckpointMeta, count_parameters, save_checkpoint
+from .model import NOISE_SETTINGS, CheckpointMeta, count_parameters, save_checkpoint
 from .sets import describe_data
 
 
@@ -48,12 +48,10 @@ def import_pipeline(folder: str | Path, data: str, out: str | Path, data_dir: st
         raise CheckpointError(f"{folder}: no unet/diffusion_pytorch_model.safetensors (pickled .bin weights are not read; "
                               f"save the pipeline with safe_serialization=True)")
     sched = _json(folder / "scheduler" / "scheduler_config.json")
-    schedule = {"num_train_timesteps": int(sched.get("num_train_timesteps", 1000)),
-                "beta_schedule": sched.get("beta_schedule", "linear"),
-                "prediction_type": sched.get("prediction_type", "epsilon"),
-                "beta_start": float(sched.get("beta_start", 0.0001)), "beta_end": float(sched.get("beta_end", 0.02))}
     if sched.get("trained_betas") is not None:
         raise CheckpointError(f"{folder}: a schedule given as trained_betas is not supported")
+    defaults = DDPMScheduler().config  # what the config leaves out, as diffusers reads it
+    schedule = {k: sched.get(k, defaults[k]) for k in NOISE_SETTINGS}
     try:
         make_scheduler(**schedule)
     except ValueError as e:

@@ -152,9 +152,11 @@ class Checkpoint:
         return make_scheduler(m.num_train_timesteps, m.beta_schedule, m.prediction_type, m.beta_start, m.beta_end)
 
 
+NOISE_SETTINGS = ("num_train_timesteps", "beta_schedule", "prediction_type", "beta_start", "beta_end")
+
+
 def _noise_settings(meta: CheckpointMeta) -> dict:
-    return {k: getattr(meta, k) for k in ("num_train_timesteps", "beta_schedule", "prediction_type", "beta_start",
-                                          "beta_end")}
+    return {k: getattr(meta, k) for k in NOISE_SETTINGS}
 
 
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
