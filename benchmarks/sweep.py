@@ -16,8 +16,8 @@ import tempfile
 import torch
 from common import machine, parser, report, timer, unet_gflop
 
-from diffood.diffusion import PRECISIONS, default_device, network_calls, sampler_name
-from diffood.evaluate import EvalConfig, evaluate
+from diffood.diffusion import PRECISIONS, default_device, sampler_name
+from diffood.evaluate import EvalConfig, evaluate, pending_calls, pending_images
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint
 
 
@@ -40,16 +40,14 @@ def main() -> None:
                      batch_size=a.batch_size)
         from tqdm.auto import tqdm
 
+        calls, images = pending_calls(cfg, ckpt), pending_images(cfg, ckpt)  # everything: recompute reads no table
         bar = tqdm(unit="img")
         with timer(device) as tm:
             result = evaluate(cfg, ckpt, lambda done, total, what: (setattr(bar, "total", total), bar.update(done - bar.n)))
         bar.close()
-        images = cfg.n_val + 2 * cfg.n
-        calls = images * sum(k * network_calls(cfg.sampler, cfg.steps, t) for t, k in cfg.needed().items())
-        calls += images * cfg.knn_draws if result.bank is not None else 0  # the feature term
         gflop = calls * unet_gflop(ckpt.model, device)
-        rows.append({"machine": machine(device), "precision": ckpt.precision, "compile": a.compile, "images": images,
-                     "reconstructions": images * sum(cfg.needed().values()), "network_calls": calls,
+        rows.append({"machine": machine(device), "precision": ckpt.precision, "compile": a.compile,
+                     "images_x_parts": images, "network_calls": calls,
                      "sampler": sampler_name(cfg.sampler, cfg.steps), "seconds": tm["s"], "calls_per_s": calls / tm["s"],
                      "unet_gflop_per_s": gflop / tm["s"]})
         summaries[ckpt.precision] = result.summary

@@ -171,52 +171,46 @@ def _progress_bar():
     return bar, bar
 
 
+def _score_help() -> str:
+    from .scores import KINDS
+
+    return ("default, reconstruction, features, both, multi-t (the checkpoint's own), or a kind: "
+            f"{', '.join(k for k in KINDS if k != 'zmean')}; parameters as in 'features(k=5, draws=2)'")
+
+
 def _add_evaluate(sub) -> None:
-    from .evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, FEATURE_CURVE_TS, SCORES, EvalConfig
-    from .features import KS
+    from .evaluate import EvalConfig
+    from .options import add_options
 
     p = sub.add_parser("evaluate", help="score ID vs OOD sets over t; print AUROC / FPR95, write CSVs")
-    _add_common(p, compile=True)
-    p.add_argument("--ood", nargs="+", help=OOD_HELP + " (default: the checkpoint's default OOD set)")
-    p.add_argument("--t", "--timesteps", dest="t", nargs="+", type=int, default=list(DEFAULT_TS),
-                   help=f"timesteps to score at{TORCHRUN_NOTE}")
-    p.add_argument("--multi-t", nargs="+", default=list(DEFAULT_MULTI_TS),
-                   help="timesteps combined into multi-t, or 'all' for every --t (default: %(default)s)")
-    pick = " (default: the checkpoint's recorded pick)"
-    p.add_argument("--draws", type=int, help="noise draws the reconstruction score averages" + pick)
-    p.add_argument("--detector-t", nargs="+", type=int, help="t of the reconstruction score" + pick)
-    p.add_argument("--detector-metrics", nargs="+", choices=["mse", "lpips"], help="its metrics" + pick)
-    p.add_argument("--score", choices=list(SCORES),
-                   help="the default score: the feature-bank term, the reconstruction score, or both z-averaged" + pick)
-    p.add_argument("--knn-k", type=int, choices=list(KS), help="the feature term's k" + pick)
-    p.add_argument("--knn-draws", type=int, help="noise draws the feature term averages" + pick)
-    p.add_argument("--feature-t", nargs="*", type=int, default=[],
-                   help=f"more noise levels t_f for the feature term's curve, one call each and a bank per t_f "
-                        f"(the ROC page's: {' '.join(map(str, FEATURE_CURVE_TS))})")
-    p.add_argument("--tpr", type=float, default=EvalConfig.tpr,
-                   help="the verdicts' target ID acceptance: the summary's threshold and the shares it accepts")
-    p.add_argument("--n", "--images", dest="n", type=int, default=EvalConfig.n,
-                   help=f"ID test images, and images per OOD set{TORCHRUN_NOTE}")
-    p.add_argument("--n-val", type=int, default=EvalConfig.n_val, help="ID validation images (z-score statistics)")
-    p.add_argument("--no-lpips", action="store_true", help="MSE only")
-    p.add_argument("--batch-size", type=int, default=EvalConfig.batch_size)
-    p.add_argument("--cache-dir", help="where score tables are cached (default ~/.cache/diffood/evals)")
-    p.add_argument("--recompute", action="store_true", help="read no cached or shipped table: compute everything")
+    add_options(p, EvalConfig, skip=("score", "methods"))
+    p.add_argument("--score", help="the default score: " + _score_help() + " (default: the checkpoint's recorded pick)")
+    p.add_argument("--methods", nargs="+", default=[], help="more scores reported beside the default, each as for "
+                                                            "--score; 'all': every kind")
+    p.add_argument("--compile", default="auto", choices=list(COMPILE_MODES),
+                   help="torch.compile the UNet with inductor freezing for long runs: auto = where it was "
+                        "measured to repay its first call (docs/performance.md)")
+    p.add_argument("--download", action="store_true", help="allow torchvision to download missing data sets")
     p.add_argument("--out", default="diffood_eval", help="prefix of the CSVs written: PREFIX_scores.csv, PREFIX_summary.csv")
 
 
-def _cmd_evaluate(a) -> int:
-    from .evaluate import EvalConfig, evaluate, pending_images
+def _methods(names: list[str]) -> tuple[str, ...]:
+    """--methods as given, with 'all' for every registered kind but the composite."""
+    from .scores import KINDS
 
+    out = []
+    for name in names:
+        out += [k for k in KINDS if k != "zmean"] if name == "all" else [name]
+    return tuple(dict.fromkeys(out))
+
+
+def _cmd_evaluate(a) -> int:
+    from .evaluate import EvalConfig, evaluate, pending_calls
+    from .options import from_args
+
+    cfg = from_args(EvalConfig, a, score=a.score, methods=_methods(a.methods))
     ckpt = _load(a)
-    cfg = EvalConfig(checkpoint=a.checkpoint, ood=tuple(a.ood) if a.ood else None, ts=tuple(a.t), multi_ts=None if a.multi_t == ["all"] else tuple(map(int, a.multi_t)),
-                     draws=a.draws, detector_ts=tuple(a.detector_t or ()) or None,
-                     detector_metrics=tuple(a.detector_metrics or ()) or None,
-                     score=a.score, knn_k=a.knn_k, knn_draws=a.knn_draws, feature_ts=tuple(a.feature_t), tpr=a.tpr,
-                     sampler=a.sampler, steps=a.steps, n=a.n, n_val=a.n_val, seed=a.seed, lpips=not a.no_lpips,
-                     recompute=a.recompute, precision=a.precision, batch_size=a.batch_size, data_dir=a.data_dir,
-                     cache_dir=a.cache_dir, device=a.device)
-    ckpt = _compiled(a, ckpt, pending_images(cfg, ckpt) * cfg.steps)
+    ckpt = _compiled(a, ckpt, pending_calls(cfg, ckpt))
     bar, progress = _progress_bar()
     result = evaluate(cfg, ckpt, progress)
     bar.close()
@@ -228,50 +222,35 @@ def _cmd_evaluate(a) -> int:
     source = "computed" if result.computed else f"read from {result.cache_file}"
     for note in result.notes:
         print(f"note: {note}")
+    for name, spec in result.named.items():
+        print(f"{name}: {spec.describe()}")
     print(f"\nscores {source}; wrote {a.out}_scores.csv and {a.out}_summary.csv")
     return 0
 
 
 def _add_select(sub) -> None:
-    from .features import LAYERS, POOLINGS
+    from .options import add_options
     from .select import SelectConfig
 
-    d = SelectConfig()
     p = sub.add_parser("select", help="choose the default score on proxy OOD sets (never MNIST); print and write the table")
-    _add_common(p, compile=True)
-    p.set_defaults(steps=d.steps)
-    p.add_argument("--proxies", nargs="+", default=list(d.proxies), help="proxy OOD sets, transforms of the ID set's (default: %(default)s)")
-    p.add_argument("--t", "--timesteps", dest="t", nargs="+", type=int, default=list(d.ts),
-                   help=f"candidate t; candidates take runs of them{TORCHRUN_NOTE}")
-    p.add_argument("--max-draws", type=int, default=d.max_draws)
-    p.add_argument("--max-calls", type=int, default=d.max_calls, help="network calls per image, at most")
-    p.add_argument("--n-ref", type=int, default=d.n_ref, help="ID validation images for the z-score reference")
-    p.add_argument("--n-id", type=int, default=d.n_id, help="further ID validation images: the ID side of each AUROC")
-    p.add_argument("--n-proxy", type=int, default=d.n_proxy, help="images per proxy set")
-    p.add_argument("--feature-t", nargs="*", type=int, default=list(d.feature_ts),
-                   help="t_f of the feature candidates (none: reconstruction candidates only)")
-    p.add_argument("--layers", nargs="+", default=list(d.layers), choices=list(LAYERS))
-    p.add_argument("--poolings", nargs="+", default=list(d.poolings), choices=list(POOLINGS))
-    p.add_argument("--bank-sizes", nargs="+", type=int, default=list(d.bank_sizes), help="ID training images per bank")
-    p.add_argument("--max-feature-draws", type=int, default=d.max_feature_draws)
-    p.add_argument("--cache-dir", help="where score tables are cached (default ~/.cache/diffood/evals)")
+    add_options(p, SelectConfig)
+    p.add_argument("--compile", default="auto", choices=list(COMPILE_MODES), help="as for evaluate")
+    p.add_argument("--download", action="store_true", help="allow torchvision to download missing data sets")
     p.add_argument("--out", default="diffood_select.csv", help="CSV of every candidate")
     p.add_argument("--no-record", action="store_true", help="do not write the pick into the checkpoint's diffood.json")
 
 
 def _cmd_select(a) -> int:
-    from .evaluate import pending_images
+    from .evaluate import pending_calls
     from .model import record_score
-    from .select import SelectConfig, choose, detector_of, pick_record, score_candidates
+    from .options import from_args
+    from .scores import Pick
+    from .select import SelectConfig, choose, pick_record, score_candidates, spec_of
 
-    cfg = SelectConfig(checkpoint=a.checkpoint, proxies=tuple(a.proxies), ts=tuple(a.t), max_draws=a.max_draws,
-                       sampler=a.sampler, steps=a.steps, max_calls=a.max_calls, n_ref=a.n_ref, n_id=a.n_id,
-                       n_proxy=a.n_proxy, feature_ts=tuple(a.feature_t), layers=tuple(a.layers),
-                       poolings=tuple(a.poolings), bank_sizes=tuple(a.bank_sizes), max_feature_draws=a.max_feature_draws,
-                       seed=a.seed, precision=a.precision, data_dir=a.data_dir, cache_dir=a.cache_dir, device=a.device)
+    cfg = from_args(SelectConfig, a)
     ckpt = _load(a)
     cfg = cfg.for_checkpoint(ckpt)
-    ckpt = _compiled(a, ckpt, pending_images(cfg.eval_config(), ckpt) * cfg.steps)
+    ckpt = _compiled(a, ckpt, pending_calls(cfg.eval_config(), ckpt))
     bar, progress = _progress_bar()
     table = score_candidates(cfg, ckpt, progress)
     bar.close()
@@ -280,12 +259,12 @@ def _cmd_select(a) -> int:
     with pd.option_context("display.max_rows", 40, "display.width", 200):
         print(table.head(25).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     best = choose(table, cfg.tolerance)
-    print(f"\n{len(table)} candidates; chosen: {detector_of(best).describe()}; {best['calls']} calls/image, "
+    print(f"\n{len(table)} candidates; chosen: {spec_of(best).describe()}; {best['calls']} calls/image, "
           f"mean proxy AUROC {best['mean']:.4f} (worst {best['worst']:.4f}); wrote {a.out}")
     if not a.no_record and _main():
         record = pick_record(table, cfg)
         path = record_score(ckpt.path, record)
-        needs = record["default"].get("features")
+        needs = Pick.from_record(record).features
         print(f"recorded the pick in {path}" + (f"; build the bank it needs with `diffood bank --checkpoint {ckpt.path}`"
                                                  if needs else ""))
     return 0
@@ -307,13 +286,14 @@ def _add_bank(sub) -> None:
 
 
 def _cmd_bank(a) -> int:
-    from .evaluate import default_cache_dir, pick_features
+    from .evaluate import default_cache_dir
     from .features import BANK_DRAW, BANK_NAME, FeatureSpec, build_bank, cached_embeddings
+    from .scores import Pick
 
     ckpt = _load(a)
-    pick = pick_features(ckpt)
-    spec = FeatureSpec(a.layer or pick["layer"], a.feature_t or pick["t"], a.pooling or pick["pooling"])
-    n = (pick["bank"] if a.n is None else a.n) or None
+    want = Pick.of(ckpt).bank_term
+    spec = FeatureSpec(a.layer or want.layer, a.feature_t or want.t, a.pooling or want.pooling)
+    n = (want.bank if a.n is None else a.n) or None
     start = time.perf_counter()
     reused = cached_embeddings(a.cache_dir or default_cache_dir(), ckpt, ckpt.data.name, "train", n, spec.t, BANK_DRAW, a.seed)
     bar, progress = _progress_bar()
@@ -368,6 +348,7 @@ def _add_score(sub) -> None:
     p.add_argument("images", nargs="+", help="image files (any format Pillow reads), folders of them, .zip archives")
     p.add_argument("--tpr", type=float, default=TARGET_TPR, help="share of ID validation images the verdict threshold "
                                                                  "accepts (default %(default)s)")
+    p.add_argument("--score", help="the score: " + _score_help() + " (default: the checkpoint's recorded pick)")
     p.add_argument("--no-invert", action="store_true", help="never invert light backgrounds")
     p.add_argument("--out", help="write the table (file, score, percentile, verdict, threshold, tpr, error) to this CSV")
 
@@ -375,9 +356,9 @@ def _add_score(sub) -> None:
 def _cmd_score(a) -> int:
     from .api import as_entries, load
 
-    scorer = load(a.checkpoint, a.device, a.precision, a.tpr, a.sampler, a.steps, a.seed, a.data_dir)
-    entries = as_entries(a.images)
-    scorer.checkpoint = _compiled(a, scorer.checkpoint, len(entries) * scorer.reference.detector.calls(a.sampler, a.steps))
+    scorer = load(a.checkpoint, a.device, a.precision, a.tpr, a.sampler, a.steps, a.seed, a.data_dir, a.score)
+    entries = as_entries(a.images, scorer.checkpoint.data.channels)
+    scorer.checkpoint = _compiled(a, scorer.checkpoint, len(entries) * scorer.spec.calls(a.sampler, a.steps))
     bar, progress = _progress_bar()
     table = scorer.score(entries, invert=False if a.no_invert else None,
                          progress=lambda done, total: progress(done, total, "scoring"))
@@ -385,7 +366,7 @@ def _cmd_score(a) -> int:
     for row in table.itertuples():
         print(f"{row.file}: error: {row.error}" if row.error else
               f"{row.file}: {row.verdict}: score {row.score:+.2f} (ID validation percentile {row.percentile:.1f})")
-    print(f"{scorer.reference.describe_threshold()}; score: {scorer.reference.detector.describe()}")
+    print(f"{scorer.reference.describe_threshold()}; score: {scorer.spec.describe()}")
     if a.out and _main():
         table.to_csv(a.out, index=False)
         print(f"wrote {a.out}")
@@ -417,36 +398,25 @@ def _cmd_sample(a) -> int:
 
 
 def _add_fit(sub) -> None:
-    from .datasets import CHANNELS, TORCHVISION
     from .fit import FitConfig
+    from .options import add_options
 
     p = sub.add_parser("fit", help="from images to a ready model: train, export, select, bank and tables (resumable)")
-    p.add_argument("--data", required=True, help=f"the ID set: {', '.join(TORCHVISION)}, or a folder or .zip of images")
-    p.add_argument("--out", required=True, help="the checkpoint folder (its training run lives in OUT/run)")
-    p.add_argument("--image-size", type=int, default=FitConfig.image_size, help="images are fitted to this many px (28-64)")
-    p.add_argument("--channels", type=int, default=FitConfig.channels, choices=CHANNELS, help="1 grayscale, 3 RGB")
-    p.add_argument("--epochs", type=float, default=FitConfig.epochs, help="length of the learning-rate schedule")
-    p.add_argument("--max-steps", type=int, help="train this many steps at most, then go on")
-    p.add_argument("--max-minutes", type=float, help="train this many minutes at most, then go on")
-    p.add_argument("--batch-size", type=int, default=FitConfig.batch_size)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--data-dir", help="torchvision's data folder, where folder specs are also looked for")
+    add_options(p, FitConfig)
     p.add_argument("--download", action="store_true", help="allow torchvision to download the ID set")
 
 
 def _cmd_fit(a) -> int:
     from .fit import FitConfig, fit
+    from .options import from_args
 
     started = time.perf_counter()
-    done = fit(FitConfig(a.data, a.out, a.image_size, a.channels, a.epochs, a.max_steps, a.max_minutes, a.batch_size,
-                         a.seed, a.data_dir, a.device))
+    done = fit(from_args(FitConfig, a))
     pick, files = done["pick"], done["files"]
     print(f"\n{a.out} is ready ({time.perf_counter() - started:.0f} s; " +
           ", ".join(f"{k} {v:.0f} s" for k, v in done["seconds"].items()) + ")")
-    calls = pick['default']['calls']
-    print(f"  score: {pick['default']['kind']} ({calls} network call{'s' * (calls != 1)} per image), chosen on "
-          f"{', '.join(f'{k} {v:.3f}' for k, v in pick['proxies'].items())}; mean {pick['mean']:.4f}")
+    print(f"  score: {pick.default.describe()} ({pick.calls} network call{'s' * (pick.calls != 1)} per image), "
+          f"chosen on {', '.join(f'{k} {v:.3f}' for k, v in pick.proxies.items())}; mean {pick.mean:.4f}")
     print(f"  default evaluation: AUROC {done['auroc']:.4f} against {done['ood']}")
     print("  files: " + ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in files.items() if v > 2**16))
     print(f"  next: diffood score --checkpoint {a.out} IMAGES · DIFFOOD_MODELS_DIR={Path(a.out).parent} diffood app")

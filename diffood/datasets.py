@@ -20,6 +20,7 @@ import torch
 from .errors import DataUnavailableError, DiffoodError, ImageInputError
 from .images import GRAY_MODES, decode_image, fit, image_mode, to_uint8
 from .inputs import IMAGE_SUFFIXES, InputError, is_image_name, scan_folder, source_entries
+from .paths import from_env, user_cache
 
 SPLIT_SEED = 20231118  # fixes the train/val split for every run, whatever the run's own seed
 VAL_SIZE = 2000  # held out of training for z-score statistics, never trained on
@@ -102,9 +103,7 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     """Explicit argument > $DIFFOOD_DATA_DIR > ~/.cache/diffood/data."""
     if data_dir is not None:
         return Path(data_dir).expanduser()
-    if os.environ.get("DIFFOOD_DATA_DIR"):
-        return Path(os.environ["DIFFOOD_DATA_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "diffood" / "data"
+    return from_env("DIFFOOD_DATA_DIR", "data")
 
 
 def download_allowed() -> bool:
@@ -226,7 +225,7 @@ def _signature(path: Path) -> tuple:
 
 
 def _locations_path() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "diffood" / "data-locations.json"
+    return user_cache("data-locations.json")
 
 
 def known_locations() -> dict[str, str]:

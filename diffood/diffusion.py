@@ -1,8 +1,9 @@
 """Noising and reconstruction on a checkpoint's DDPM schedule (diffusers schedulers), batched, on any device.
 
-Convention: t counts forward noising steps, 0..T. t = 0 is the clean image (reconstruction returns it
-unchanged), t = T is pure noise. x_t at t >= 1 is what diffusers calls timestep t - 1, so the network
-is called with t - 1, and reconstructing from t with the `chain` sampler takes exactly t calls.
+Convention, stated here once: t counts forward noising steps, 0..T. t = 0 is the clean image (reconstruction
+returns it unchanged), t = T is pure noise. x_t at t >= 1 is what diffusers calls timestep t - 1: the network
+is called with `unet_timestep(t)`, diffusers' steps are read back with `from_unet_timestep`, and reconstructing
+from t with the `chain` sampler takes exactly t calls.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def network_calls(sampler: str, steps: int, t: int) -> int:
     if sampler in STEPPED:
         return len(ddim_timesteps(t, steps)) - 1
     if sampler == "plms":
-        return len(range(t - 1, -1, -NUM_TRAIN_TIMESTEPS // PLMS_GRID)) + 1
+        return len(range(unet_timestep(t), -1, -NUM_TRAIN_TIMESTEPS // PLMS_GRID)) + 1
     return t
 
 
@@ -110,19 +111,20 @@ def noise_for(n: int, t: int, seed: int, image_shape: tuple[int, ...] = (1, 28, 
     return torch.randn((n, *image_shape), generator=g)
 
 
-def add_noise(
-    x0: torch.Tensor,
-    t: int | torch.Tensor,
-    scheduler: DDPMScheduler,
-    generator: torch.Generator | None = None,
-    noise: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, with t a number or one per image.
+def unet_timestep(t: int | torch.Tensor) -> int | torch.Tensor:
+    """The timestep the network (and diffusers) is given for our x_t: t - 1."""
+    return t - 1
 
-    Noise is drawn on the CPU from `generator`, so a seed gives the same x_t on every device.
-    """
-    if noise is None:
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+
+def from_unet_timestep(k: int) -> int:
+    """Our t of diffusers' timestep k: k + 1."""
+    return k + 1
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: int | torch.Tensor, scheduler: DDPMScheduler) -> torch.Tensor:
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, with t a number or one per image: diffusers' add_noise
+    (the same argument order) in our t, where t = 0 is x0 itself."""
+    noise = noise.to(x0.device)
     abar = alpha_bars(scheduler).to(x0.device)[torch.as_tensor(t, device=x0.device).long()]
     abar = abar.reshape(-1, *([1] * (x0.dim() - 1))) if abar.dim() else abar
     return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
@@ -135,7 +137,7 @@ def _predict_x0(x: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch
 def _eps(model: Callable, x: torch.Tensor, t: int, abars: torch.Tensor, prediction: str = "epsilon") -> torch.Tensor:
     """The noise the model sees in x_t, whatever it predicts: a v-prediction (v = √ᾱ ε − √(1 − ᾱ) x0)
     is turned into ε = √ᾱ v + √(1 − ᾱ) x_t."""
-    timestep = torch.full((x.shape[0],), t - 1, device=x.device, dtype=torch.long)
+    timestep = torch.full((x.shape[0],), unet_timestep(t), device=x.device, dtype=torch.long)
     out = model(x, timestep).sample.float()
     if prediction == "v_prediction":
         return abars[t].sqrt() * out + (1 - abars[t]).sqrt() * x
@@ -177,10 +179,10 @@ def _denoise_chain(model, x: torch.Tensor, ts: list[int], abars: torch.Tensor, p
 def _denoise_ddpm(model, x: torch.Tensor, t: int, scheduler: DDPMScheduler, generator, abars) -> torch.Tensor:
     # a private copy (set_timesteps mutates it) that takes ε, which _eps gives whatever the model predicts
     sched = DDPMScheduler.from_config(scheduler.config, prediction_type="epsilon")
-    sched.set_timesteps(timesteps=list(range(t - 1, -1, -1)))
+    sched.set_timesteps(timesteps=list(range(unet_timestep(t), -1, -1)))
     prediction = scheduler.config.prediction_type
     for k in sched.timesteps.tolist():
-        x = sched.step(_eps(model, x, k + 1, abars, prediction), k, x, generator=generator).prev_sample
+        x = sched.step(_eps(model, x, from_unet_timestep(k), abars, prediction), k, x, generator=generator).prev_sample
     return x
 
 
@@ -191,9 +193,9 @@ def _denoise_plms(model, x: torch.Tensor, t: int, scheduler: DDPMScheduler, abar
     sched.set_timesteps(PLMS_GRID)
     # the same grid shifted to start at x_t (diffusers' t - 1); the second entry repeats, as in
     # diffusers' own PLMS warm-up; the last step lands below 0, i.e. on the clean image
-    grid = list(range(t - 1, -1, -sched.config.num_train_timesteps // PLMS_GRID))
+    grid = list(range(unet_timestep(t), -1, -sched.config.num_train_timesteps // PLMS_GRID))
     for k in grid[:1] + grid[1:2] + grid[1:]:
-        x = sched.step(_eps(model, x, k + 1, abars, prediction), k, x).prev_sample
+        x = sched.step(_eps(model, x, from_unet_timestep(k), abars, prediction), k, x).prev_sample
     return x.clamp(-1, 1)  # PNDM does not clip its x0 predictions as the other samplers do
 
 
@@ -222,7 +224,7 @@ def reconstruct(
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator)
-    xt = add_noise(x0, t, scheduler, noise=noise.to(x0.device))
+    xt = add_noise(x0, noise, t, scheduler)
     if t == 0:
         return xt, x0.clone()
     abars = alpha_bars(scheduler).to(x0.device)

@@ -1,41 +1,37 @@
-"""The evaluation sweep: model x ID set x OOD sets x t (x noise draws) -> a tidy score table and a summary.
+"""The evaluation: a checkpoint's ID validation, ID test and OOD images scored by every named score, as a short
+pipeline on the score store (store.py): which tables the scores need, fill what they lack, summarise.
 
-Scores are cached on disk, one gzip CSV per (checkpoint, sampler, steps, n, n_val, seed, LPIPS) for the
-reconstruction errors and one per (checkpoint, feature bank, n, n_val, seed) for the feature distances,
-each holding every (set, t, draw) computed so far: asking for another t, draw or OOD set computes only
-what is missing, and one process computes a table while the others wait for it (a file lock per table).
-The shipped checkpoint carries its tables in `<checkpoint>/evals/`, so the app opens without computing.
+Reconstruction errors live in one table per (checkpoint, sampler, steps, n, n_val, seed, LPIPS), one row per
+image, t and draw, shared by every score that reads them (the per-t curves, multi-t, the reconstruction score);
+feature distances in one table per (checkpoint, bank, n, n_val, seed); any other kind in a table of its own.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
-import os
-import warnings
-import zlib
-from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
-from filelock import FileLock, Timeout
 
-from . import distributed
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, STEPPED, default_device, network_calls
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, SAMPLERS, STEPPED, default_device
 from .errors import DiffoodError
-from .features import KNN_METRICS, FeatureBank, FeatureSpec, bank_at, checkpoint_bank
-from .files import atomic_path, atomic_write_text, move_aside
+from .features import KNN_METRICS, FeatureBank, bank_at, checkpoint_bank
 from .images import to_model_input
-from .metrics import aupr_in, aupr_out, auroc, fpr_at_95_tpr, rates_at_threshold, threshold_at_tpr
 from .model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
-from .perceptual import get_lpips
-from .scoring import METRICS, Detector, KnnTerm, draw_column, feature_distances, score_images
+from .paths import from_env
+from .perceptual import get_lpips, lpips_status
+from .scores import DEFAULT, Context, Features, Pick, Reconstruction, ScoreSpec, named_scores, parse, table_name
+from .scores.base import TABLE_KEYS, zmean_frame
+from .scoring import METRICS, distance_frame, embed_draws, score_images
 from .sets import load_images
+from .store import CacheWarning, Filled, Progress, ScoreStore, Table
+from .summary import SUMMARY_COLUMNS, summarize
+
+__all__ = ["CacheWarning", "EvalConfig", "EvalResult", "evaluate", "table_status", "default_cache_dir",
+           "DEFAULT_TS", "DEFAULT_MULTI_TS", "FEATURE_CURVE_TS", "SUMMARY_COLUMNS"]
 
 SCORES_VERSION = 1  # bump when the meaning of a cached score changes
 # dense where detection happens, sparse below
@@ -43,109 +39,76 @@ DEFAULT_TS = (100, 300, 500, 600, 700, 800, 900)
 # multi-t (Graham et al.'s z-mean) combines the upper half: below t = T/2 the error tracks how much ink an image has
 # rather than whether it is in-distribution (MNIST digits, mostly black, then reconstruct *better*)
 DEFAULT_MULTI_TS = tuple(t for t in DEFAULT_TS if t >= 500)
-# What `python -m diffood select` chose on proxy OOD sets (docs/selection.md). Among
-# reconstruction errors: MSE at t = 700 over 4 noise draws. Over every candidate, the default score: the
-# feature term alone, the distance to the nearest of all 58,000 training images in max-pooled up_blocks.0
-# features at t = 50, one call per image. Its bank ships with the checkpoint (`python -m diffood bank`).
-RECONSTRUCTION_DETECTOR = Detector(ts=(700,), draws=4, metrics=("mse",))
-DEFAULT_KNN = KnnTerm(FeatureSpec("up_blocks.0", 50, "max"), k=1, draws=1, bank=58_000)
-# The pick a checkpoint without one of its own scores with: the FashionMNIST model's (diffood.json "score")
-FALLBACK_PICK = {
-    "default": {"kind": "features", "features": {"layer": DEFAULT_KNN.spec.layer, "t": DEFAULT_KNN.spec.t,
-                                                 "pooling": DEFAULT_KNN.spec.pooling, "k": DEFAULT_KNN.k,
-                                                 "draws": DEFAULT_KNN.draws, "bank": DEFAULT_KNN.bank}},
-    "reconstruction": {"ts": list(RECONSTRUCTION_DETECTOR.ts), "draws": RECONSTRUCTION_DETECTOR.draws,
-                       "metrics": list(RECONSTRUCTION_DETECTOR.metrics)},
-}
 FEATURE_CURVE_TS = (1, 10, 25, 50, 100, 200, 300, 500)  # the feature term's noise levels the ROC page plots
-SCORES = ("features", "reconstruction", "both")  # what the default score is made of; "both": the z-mean of the two
-DEFAULT_SCORE = "features"
-# the combined scores by name, in tables and pages
-DEFAULT, RECONSTRUCTION, FEATURES, COMBINED, MULTI_T = "default", "reconstruction", "features", "both", "multi-t"
-KEY_COLUMNS = ["dataset", "split", "role", "index", "t", "draw"]
-SCORE_COLUMNS = [*KEY_COLUMNS, *METRICS]
-FEATURE_COLUMNS = [*KEY_COLUMNS, *KNN_METRICS]
-SUMMARY_COLUMNS = ["ood", "metric", "t", "auroc", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood", "calls", "tpr",
-                   "threshold", "id_accepted", "ood_accepted"]
-
-
-class CacheWarning(UserWarning):
-    """A cached table could not be read; it was moved aside and is recomputed."""
+SCORE_COLUMNS = [*TABLE_KEYS, *METRICS]
+FEATURE_COLUMNS = [*TABLE_KEYS, *KNN_METRICS]
 
 
 def default_cache_dir() -> Path:
-    if os.environ.get("DIFFOOD_CACHE_DIR"):
-        return Path(os.environ["DIFFOOD_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "diffood" / "evals"
+    """$DIFFOOD_CACHE_DIR, else ~/.cache/diffood/evals."""
+    return from_env("DIFFOOD_CACHE_DIR", "evals")
+
+
+def _help(text: str, **more) -> dict:
+    return {"help": text, **more}
 
 
 @dataclass
 class EvalConfig:
-    checkpoint: str | None = None  # None: the shipped default
-    ood: tuple[str, ...] | None = None  # None: the checkpoint's own default OOD set; (): the ID sets alone
-    ts: tuple[int, ...] = DEFAULT_TS  # scored with one noise draw each: the per-t curves
-    multi_ts: tuple[int, ...] | None = DEFAULT_MULTI_TS  # the t multi-t combines; None: all of `ts`
-    # the default score and its terms; None: the checkpoint's recorded pick (`diffood select`), else FALLBACK_PICK
-    score: str | None = None  # one of SCORES
-    draws: int | None = None  # noise draws the reconstruction score averages
-    detector_ts: tuple[int, ...] | None = None  # the reconstruction score's t
-    detector_metrics: tuple[str, ...] | None = None
-    knn_k: int | None = None  # the feature term's k and noise draws; the rest of it comes from the bank
-    knn_draws: int | None = None
-    feature_ts: tuple[int, ...] = ()  # more t_f for the feature term's curve (one draw each; a bank per t_f)
-    tpr: float = 0.95  # the verdicts' target ID acceptance: the summary's threshold and the shares it accepts
-    sampler: str = DEFAULT_SAMPLER
-    steps: int = DEFAULT_STEPS
-    n: int = 1000  # ID test images, and images per OOD set
-    n_val: int = 500  # ID validation images for the z-score statistics and the verdict threshold
-    seed: int = 0
-    lpips: bool = True
-    id_test: bool = True  # score FashionMNIST test images (the ID side of every AUROC)
-    recompute: bool = False  # read no cached table: compute everything (and replace the cache's table)
-    precision: str = "auto"  # the UNet's, when evaluate() loads the checkpoint itself
-    batch_size: int = 256
-    data_dir: str | None = None
-    cache_dir: str | None = None
-    device: str | None = None
+    """What an evaluation scores: which images, at which t, by which scores, and where tables are kept."""
 
-    def detectors(self, bank: FeatureBank | None) -> dict[str, Detector]:
-        """The default score first, then the reconstruction score, the feature term alone and the two
-        combined, each once. The feature term needs the checkpoint's bank: without one the default is the
-        reconstruction score (EvalResult.notes says so)."""
-        if self.score not in SCORES:
-            raise ValueError(f"unknown score {self.score!r}; choose one of {list(SCORES)}")
-        recon = Detector(tuple(self.detector_ts), self.draws, tuple(self.detector_metrics))
-        named = {RECONSTRUCTION: recon}
-        if bank is not None and self.score != "reconstruction":
-            knn = KnnTerm(bank.spec, self.knn_k, self.knn_draws, bank.n)
-            named |= {FEATURES: Detector(knn=knn), COMBINED: replace(recon, knn=knn)}
-        default = named.get({"features": FEATURES, "both": COMBINED}.get(self.score, RECONSTRUCTION), recon)
-        return {DEFAULT: default, **{name: d for name, d in named.items() if d != default}}
+    checkpoint: str | None = field(default=None, metadata=_help("checkpoint folder, or a shipped model by name"))
+    ood: tuple[str, ...] | None = field(default=None, metadata=_help(
+        "OOD sets (default: the checkpoint's own); a torchvision name, a folder or .zip, <id>-vflip, -hflip, -invert, "
+        "-shuffle, gaussian-noise, uniform"))
+    ts: tuple[int, ...] = field(default=DEFAULT_TS, metadata=_help(
+        "t of the per-t curves, one draw each (under torchrun, spell out --timesteps)", flags=("--t", "--timesteps")))
+    multi_ts: tuple[int, ...] | None = field(default=DEFAULT_MULTI_TS, metadata=_help(
+        "the t multi-t combines (given with no t: every t of the curves)", flags=("--multi-t",)))
+    score: ScoreSpec | str | None = field(default=None, metadata=_help(
+        "the default score: default, reconstruction, features, both, multi-t or a kind, with parameters as in "
+        "'features(k=5, draws=2)' (default: the checkpoint's recorded pick)"))
+    methods: tuple[ScoreSpec | str, ...] = field(default=(), metadata=_help(
+        "more scores to report beside the default, by name as for --score"))
+    feature_ts: tuple[int, ...] = field(default=(), metadata=_help(
+        "more noise levels t_f for the feature term's curve, one call each and a bank per t_f (the ROC page's: "
+        + " ".join(map(str, FEATURE_CURVE_TS)) + ")", flags=("--feature-t",)))
+    tpr: float = field(default=0.95, metadata=_help("the verdicts' target ID acceptance: the summary's threshold"))
+    sampler: str = field(default=DEFAULT_SAMPLER, metadata=_help("how reconstructions are denoised", choices=SAMPLERS))
+    steps: int = field(default=DEFAULT_STEPS, metadata=_help("network calls per reconstruction (strided, ddim)"))
+    n: int = field(default=1000, metadata=_help("ID test images, and images per OOD set (under torchrun, spell out "
+                                                "--images)", flags=("--n", "--images")))
+    n_val: int = field(default=500, metadata=_help("ID validation images: z-score statistics and the threshold"))
+    seed: int = field(default=0, metadata=_help("fixes the images drawn from each set and the noise"))
+    lpips: bool = field(default=True, metadata=_help("measure LPIPS beside MSE (--no-lpips: MSE only)"))
+    id_test: bool = field(default=True, metadata=_help(
+        "score ID test images, the ID side of every AUROC (--no-id-test: ID validation and OOD sets only)"))
+    recompute: bool = field(default=False, metadata=_help("read no cached or shipped table: compute everything"))
+    precision: str = field(default="auto", metadata=_help(
+        "the UNet's: auto = bf16 on CUDA and on CPUs with native bf16 (AMX, AVX-512-bf16), else fp32",
+        choices=PRECISIONS))
+    batch_size: int = field(default=256, metadata=_help("images per UNet call"))
+    data_dir: str | None = field(default=None, metadata=_help("torchvision's data folder (default $DIFFOOD_DATA_DIR)"))
+    cache_dir: str | None = field(default=None, metadata=_help("where tables are kept (default $DIFFOOD_CACHE_DIR)"))
+    device: str | None = field(default=None, metadata=_help("cuda, mps or cpu (default: the best available)"))
 
-    def detector(self, bank: FeatureBank | None) -> Detector:
-        """The default score."""
-        return self.detectors(bank)[DEFAULT]
-
-    def feature_key(self, checkpoint_sha: str, bank: FeatureBank) -> str:
-        """Settings that change a feature distance: the bank (its settings and weights), the images, the seed."""
-        settings = {"checkpoint": checkpoint_sha, "bank": bank.fingerprint(), "n": self.n, "n_val": self.n_val,
-                    "seed": self.seed, "version": SCORES_VERSION, "kind": "features"}
+    def table_key(self, kind: str, checkpoint_key: str, **settings) -> str:
+        """A table's file name: the hash of what changes its values."""
+        settings = {"checkpoint": checkpoint_key, "n": self.n, "n_val": self.n_val, "seed": self.seed,
+                    "version": SCORES_VERSION, **settings}
+        if kind != "reconstruction":
+            settings["kind"] = kind
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
-    def cache_key(self, checkpoint_sha: str, lpips_available: bool) -> str:
-        """Settings that change a score. Not the draws, t or sets (the table holds each one computed), and
-        not the precision: bf16 and fp32 tables agree within 0.002 AUROC (docs/performance.md)."""
+    def cache_key(self, checkpoint_key: str, lpips_available: bool) -> str:
+        """The reconstruction table's: not the draws, t or sets (the table holds each one computed), and not the
+        precision: bf16 and fp32 tables agree within 0.002 AUROC (docs/performance.md)."""
         steps = self.steps if self.sampler in STEPPED else None  # the other samplers ignore it
-        settings = {"checkpoint": checkpoint_sha, "sampler": self.sampler, "steps": steps, "n": self.n,
-                    "n_val": self.n_val, "seed": self.seed, "lpips": lpips_available, "version": SCORES_VERSION}
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+        return self.table_key("reconstruction", checkpoint_key, sampler=self.sampler, steps=steps,
+                              lpips=lpips_available)
 
-    def needed(self) -> dict[int, int]:
-        """Draws needed per t: one at each sweep t, `draws` at each t of the reconstruction score."""
-        need = {t: 1 for t in self.ts}
-        for t in self.detector_ts:
-            need[t] = max(need.get(t, 0), self.draws)
-        return need
+    def feature_key(self, checkpoint_key: str, bank: FeatureBank) -> str:
+        return self.table_key("features", checkpoint_key, bank=bank.fingerprint())
 
 
 def combined_ts(multi_ts, available) -> tuple[int, ...]:
@@ -158,320 +121,246 @@ def combined_ts(multi_ts, available) -> tuple[int, ...]:
 
 @dataclass
 class EvalResult:
-    scores: pd.DataFrame  # one row per image x t x draw: SCORE_COLUMNS, plus KNN_METRICS with a feature bank
-    summary: pd.DataFrame  # SUMMARY_COLUMNS; t is NaN on the rows of combined scores
-    config: EvalConfig
+    tables: dict[str, pd.DataFrame]  # per table name: one row per image x t x draw (TABLE_KEYS + its columns)
+    summary: pd.DataFrame  # SUMMARY_COLUMNS; t is NaN on the rows of named scores
+    config: EvalConfig  # resolved: its score is the default's spec, its OOD sets full names
+    named: dict[str, ScoreSpec]  # the scores reported by name, the default first
+    pick: Pick
     cache_file: Path | None = None
-    computed: list[tuple[str, str, int]] = field(default_factory=list)  # (role, set, t) computed, not read
+    computed: list = field(default_factory=list)  # store.Part computed, not read
     bank: FeatureBank | None = None  # the checkpoint's feature bank, when it has one
     notes: list[str] = field(default_factory=list)  # what a reader should know, e.g. a score left without features
 
     @property
+    def scores(self) -> pd.DataFrame:
+        """The reconstruction and feature rows in one frame (KEY columns, METRICS, KNN_METRICS)."""
+        shared = [self.tables[n] for n in ("reconstruction", "features") if n in self.tables]
+        out = shared[0]
+        for other in shared[1:]:
+            out = out.merge(other, on=TABLE_KEYS, how="outer", sort=False)
+        return out.astype({"index": int, "t": int, "draw": int}).reset_index(drop=True)
+
+    @property
     def reference(self) -> pd.DataFrame:
         """The ID validation rows: what z-scores and thresholds are taken against."""
-        return self.scores[self.scores["role"] == "id_val"]
+        s = self.scores
+        return s[s["role"] == "id_val"]
+
+    def references(self) -> dict[str, pd.DataFrame]:
+        return {name: t[t["role"] == "id_val"] for name, t in self.tables.items()}
 
     @property
-    def multi_ts(self) -> tuple[int, ...]:
-        """The t multi-t combines."""
-        return combined_ts(self.config.multi_ts, self.scores["t"][self.scores["mse"].notna()])
+    def features(self) -> Features | None:
+        """The feature term the named scores use, if any."""
+        return next((t for s in self.named.values() for t in s.terms() if isinstance(t, Features)), None)
 
-    @property
-    def detectors(self) -> dict[str, Detector]:
-        """The combined scores (EvalConfig.detectors) and multi-t (Graham et al., CVPR-W 2023: the z-mean of MSE and LPIPS over t, one draw)."""
-        return {**self.config.detectors(self.bank), MULTI_T: Detector(self.multi_ts, 1, ("mse", "lpips"))}
-
-    def detector_scores(self, name: str, keys=("role", "dataset")) -> pd.DataFrame:
-        return self.detectors[name].scores(self.scores, self.reference, list(keys))
+    def score_frame(self, name: str | ScoreSpec, keys=("role", "dataset")) -> pd.DataFrame:
+        """One row per image (keys + index) with the named score in column "score"."""
+        spec = self.named[name] if isinstance(name, str) else name
+        return zmean_frame(spec, self.tables, self.references(), list(keys))
 
 
-def summarize(scores: pd.DataFrame, detectors: dict[str, Detector], sampler: str = DEFAULT_SAMPLER,
-              steps: int = DEFAULT_STEPS, knn_metric: str | None = None, tpr: float = 0.95) -> pd.DataFrame:
-    """AUROC, FPR95, AUPR-In and AUPR-Out (metrics.py) of ID test vs each OOD set: per reconstruction
-    metric and t (draw 0), per t_f of the feature term (`knn_metric`: one call each), and per combined
-    score, whose rows also hold the threshold accepting `tpr` of ID validation images and the shares of
-    ID test and OOD images it accepts."""
-    reference = scores[scores["role"] == "id_val"]
-    first = scores[draw_column(scores) == 0]
-    per_t = [(m, first[first[m].notna()], lambda t: network_calls(sampler, steps, t)) for m in METRICS]
-    if knn_metric in scores.columns:
-        per_t.append((knn_metric, first[first[knn_metric].notna()], lambda t: 1))
-    rows = []
-    for ood in scores.loc[scores["role"] == "ood", "dataset"].unique():
-        for m, single, calls in per_t:
-            id_rows = single[single["role"] == "id"]
-            ood_rows = single[(single["role"] == "ood") & (single["dataset"] == ood)]
-            for t in sorted(set(ood_rows["t"]) & set(id_rows["t"])):
-                a, b = id_rows.loc[id_rows["t"] == t, m], ood_rows.loc[ood_rows["t"] == t, m]
-                rows.append([ood, m, t, *_rates(a, b), len(a), len(b), calls(t), *[np.nan] * 4])
-        these = scores[scores["role"].eq("id") | (scores["role"].eq("ood") & scores["dataset"].eq(ood))]
-        for name, det in detectors.items():
-            try:
-                s = det.scores(these, reference, ["role"])
-            except ValueError:  # the table lacks some (t, draw) this score needs
-                continue
-            a, b = s.loc[s["role"] == "id", "score"], s.loc[s["role"] == "ood", "score"]
-            if len(a) and len(b):
-                threshold = threshold_at_tpr(det.scores(reference, reference)["score"], tpr)
-                rows.append([ood, name, np.nan, *_rates(a, b), len(a), len(b), det.calls(sampler, steps), tpr,
-                             threshold, *rates_at_threshold(a, b, threshold)])
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-
-
-def _rates(id_scores, ood_scores) -> list[float]:
-    """AUROC, FPR95, AUPR-In, AUPR-Out: the summary's columns, in order."""
-    return [auroc(id_scores, ood_scores), fpr_at_95_tpr(id_scores, ood_scores), aupr_in(id_scores, ood_scores),
-            aupr_out(id_scores, ood_scores)]
-
-
-@lru_cache(maxsize=16)
-def _read_csv(path: str, mtime_ns: int, columns: tuple[str, ...]) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    missing = set(columns) - {"draw"} - set(df.columns)
-    if missing:
-        raise ValueError(f"columns {sorted(missing)} missing")
-    if "draw" not in df.columns:  # tables from before noise draws: one draw each
-        df.insert(columns.index("draw"), "draw", 0)
-    return df[list(columns)].astype({"index": int, "t": int, "draw": int})
-
-
-def _read_cached(paths: list[Path], columns: list[str]) -> tuple[pd.DataFrame, Path | None]:
-    """The first readable table, read once per version of the file (the app asks on every rerun). An
-    unreadable one is moved aside, with a warning, so that it is computed afresh."""
-    for p in paths:
-        if not p.is_file():
-            continue
-        try:
-            return _read_csv(str(p), p.stat().st_mtime_ns, tuple(columns)).copy(), p
-        except (OSError, EOFError, ValueError, KeyError, zlib.error, gzip.BadGzipFile, pd.errors.ParserError,
-                UnicodeDecodeError) as e:
-            try:
-                where = f"moved to {move_aside(p)}"
-            except OSError:  # a read-only install: leave it, compute into the cache folder instead
-                where = "left in place"
-            warnings.warn(f"unreadable score table {p} ({type(e).__name__}: {str(e)[:200]}); {where}, recomputing",
-                          CacheWarning, stacklevel=3)
-    return pd.DataFrame(columns=columns), None
-
-
-def _write_table(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g", compression="gzip")
-
-
-@dataclass
-class _Table:
-    """One cached table: what it is called, holds and needs, and how a missing part is computed."""
-
-    name: str  # "reconstruction" or "features"
-    key: str
-    columns: list[str]
-    need: dict[int, int]  # draws per t
-    score: Callable[[torch.Tensor, int, list[int], Callable[[int], None]], pd.DataFrame]  # (images, t, draws, step)
-    sidecar: dict  # the settings written beside the table
-
-
-@dataclass
-class _Plan:
-    cached: pd.DataFrame
-    found: Path | None
-    write_path: Path
-    todo: list[tuple[tuple[str, str, str, int], int, list[int]]]  # ((role, set, split, n), t, draws missing)
-
-    @property
-    def images(self) -> int:
-        return sum(s[3] * len(draws) for s, _, draws in self.todo)
-
-
-def _tables(cfg: EvalConfig, checkpoint: Checkpoint, lpips_net, bank: FeatureBank | None) -> list[_Table]:
-    """The reconstruction table, and the feature table when the default score has a feature term."""
-    model, scheduler = checkpoint.model, checkpoint.scheduler
-    settings = {k: v for k, v in asdict(cfg).items()
-                if k not in ("checkpoint", "data_dir", "cache_dir", "device", "recompute", "id_test")}
-    tables = [_Table(
-        "reconstruction", cfg.cache_key(checkpoint.key, lpips_net is not None), SCORE_COLUMNS, cfg.needed(),
-        lambda x, t, draws, step: score_images(model, x, [t], scheduler, cfg.sampler, cfg.steps, cfg.seed, lpips_net,
-                                               cfg.batch_size, step, draws, checkpoint.precision),
-        {"checkpoint_sha256": checkpoint.sha256, **settings, "precision": checkpoint.precision})]
-    knn = next((d.knn for d in cfg.detectors(bank).values() if d.knn), None)
-    if knn is not None:
-        need = {**{t: 1 for t in cfg.feature_ts}, knn.spec.t: knn.draws}
-        cache = default_cache_dir()  # banks at other t_f are a cache of their own, never beside shipped tables
-        tables.append(_Table(
-            "features", cfg.feature_key(checkpoint.key, bank), FEATURE_COLUMNS, need,
-            lambda x, t, draws, step: feature_distances(
-                model, x, bank_at(checkpoint, bank, t, cfg.data_dir, cache, cfg.batch_size), draws, cfg.seed,
-                checkpoint.precision, cfg.batch_size, progress=step, scheduler=scheduler),
-            {"checkpoint_sha256": checkpoint.sha256, "bank": bank.metadata(), "n": cfg.n, "n_val": cfg.n_val,
-             "seed": cfg.seed, "knn_draws": knn.draws, "precision": checkpoint.precision}))
-    return tables
-
-
-def _plan(cfg: EvalConfig, checkpoint: Checkpoint, table: _Table) -> _Plan:
-    write_path = Path(cfg.cache_dir or default_cache_dir()) / f"{table.key}.csv.gz"
-    if cfg.recompute:
-        cached, found = pd.DataFrame(columns=table.columns), None
-    else:
-        cached, found = _read_cached([write_path, checkpoint.path / "evals" / f"{table.key}.csv.gz"], table.columns)
-    id_name = checkpoint.data.name
-    sets = [("id_val", id_name, "val", cfg.n_val)]  # ID test images only matter against an OOD set
-    sets += [("id", id_name, "test", cfg.n)] if cfg.ood and cfg.id_test else []
-    sets += [("ood", name, "test", cfg.n) for name in cfg.ood]
-    have = set(zip(cached["role"], cached["dataset"], cached["t"], cached["draw"]))
-    todo = []
-    for s in sets:
-        for t, k in table.need.items():
-            missing = [d for d in range(k) if (s[0], s[1], t, d) not in have]
-            if missing:
-                todo.append((s, t, missing))
-    return _Plan(cached, found, write_path, todo)
-
-
-def _bank(cfg: EvalConfig, checkpoint: Checkpoint) -> FeatureBank | None:
-    return checkpoint_bank(checkpoint) if cfg.score != "reconstruction" else None
-
-
-def checkpoint_pick(checkpoint: Checkpoint) -> tuple[dict, bool]:
-    """(The pick the checkpoint records, or FALLBACK_PICK; whether it is its own)."""
-    own = checkpoint.meta.score
-    return (own, True) if own else (FALLBACK_PICK, False)
-
-
-def pick_features(checkpoint: Checkpoint) -> dict:
-    """The feature term the checkpoint's pick uses (layer, t, pooling, k, draws, bank), or the fallback's where
-    the pick has none: what its bank is built for."""
-    return checkpoint_pick(checkpoint)[0]["default"].get("features") or FALLBACK_PICK["default"]["features"]
-
-
-def for_checkpoint(cfg: EvalConfig, checkpoint: Checkpoint) -> EvalConfig:
-    """The config with every unset part of the score taken from the checkpoint's pick, and its OOD sets made
-    full for its ID set: none given is the checkpoint's default OOD set; "vflip" is "<id>-vflip". The ID set
-    itself is refused as an OOD set."""
-    pick, _ = checkpoint_pick(checkpoint)
-    default = pick["default"]
-    recon = default.get("reconstruction") or pick["reconstruction"]
-    knn = pick_features(checkpoint)
-    cfg = replace(cfg, score=cfg.score or default["kind"], draws=cfg.draws or recon["draws"],
-                  detector_ts=tuple(cfg.detector_ts or recon["ts"]),
-                  detector_metrics=tuple(cfg.detector_metrics or recon["metrics"]),
-                  knn_k=cfg.knn_k or knn["k"], knn_draws=cfg.knn_draws or knn["draws"])
+def resolve(cfg: EvalConfig, checkpoint: Checkpoint) -> EvalConfig:
+    """The config with its OOD sets made full for the checkpoint's ID set (none given: its default OOD set;
+    "vflip" is "<id>-vflip"; the ID set itself refused) and its scores as specs (names read with the
+    checkpoint's pick)."""
+    pick = Pick.of(checkpoint)
     data = checkpoint.data
     ood = tuple(data.resolve(name) for name in (cfg.ood if cfg.ood is not None else (data.default_ood,)))
     same = [name for name in ood if name in (data.name, data.spec.source)]
     if same:
         raise DiffoodError(f"{same[0]} is this checkpoint's ID set, so it cannot be its OOD set; "
                            f"its default OOD set is {data.default_ood}")
-    return replace(cfg, ood=ood)
+    score = parse(cfg.score, pick) if cfg.score is not None else None
+    return replace(cfg, ood=ood, score=score, methods=tuple(parse(m, pick) for m in cfg.methods))
+
+
+def _on_bank(spec: ScoreSpec, term: Features) -> ScoreSpec:
+    """`spec` with its feature term read from the bank at hand (`term`): the score the tables can hold."""
+    from .scores import ZMean
+
+    if isinstance(spec, Features):
+        return replace(term, k=spec.k, draws=spec.draws)
+    if isinstance(spec, ZMean):
+        return ZMean(tuple(_on_bank(t, term) for t in spec.terms_))
+    return spec
+
+
+def plan(cfg: EvalConfig, checkpoint: Checkpoint) -> tuple[EvalConfig, dict[str, ScoreSpec], Pick, FeatureBank | None,
+                                                            list[str]]:
+    """(resolved config, named scores, pick, bank, notes) for an evaluation."""
+    cfg = resolve(cfg, checkpoint)
+    pick = Pick.of(checkpoint)
+    wants_features = any(isinstance(t, Features) for s in (cfg.score, *cfg.methods) if s for t in s.terms())
+    bank = checkpoint_bank(checkpoint) if cfg.score is None or wants_features or not isinstance(
+        cfg.score, Reconstruction) else None
+    notes = []
+    term = None
+    if bank is not None:
+        want = pick.bank_term
+        term = Features(bank.spec.layer, bank.spec.t, bank.spec.pooling, want.k, want.draws, bank.n)
+        if pick.own and pick.features and (want.layer, want.t, want.pooling, want.bank) != (
+                term.layer, term.t, term.pooling, term.bank):
+            notes.append(f"the checkpoint's pick asks for a bank of {want.bank:,} images at {want.layer}, t = "
+                         f"{want.t}, {want.pooling} pooling; its bank holds {bank.describe()}: rebuild it with "
+                         f"`diffood bank --checkpoint {checkpoint.path}`")
+    elif wants_features:
+        raise DiffoodError(f"{checkpoint.path} has no feature bank, which this score needs; build one with "
+                           f"`diffood bank --checkpoint {checkpoint.path}`")
+    elif cfg.score is None and pick.features:
+        notes.append(f"{checkpoint.path} has no feature bank, so the default score is the reconstruction score; "
+                     f"build one with `diffood bank --checkpoint {checkpoint.path}`")
+    if not pick.own:
+        notes.append(f"{checkpoint.data.label}'s model records no score of its own, so it scores with the settings "
+                     f"chosen for the FashionMNIST model; `diffood select --checkpoint {checkpoint.path}` chooses "
+                     f"its own on proxies of its ID set")
+    fix = (lambda s: _on_bank(s, term)) if term is not None else (lambda s: s)
+    multi = combined_ts(cfg.multi_ts, cfg.ts) if cfg.ts else ()
+    named = named_scores(replace(pick, default=fix(pick.default)), fix(cfg.score) if cfg.score else None, term,
+                         multi, tuple(fix(m) for m in cfg.methods))
+    return replace(cfg, score=named[DEFAULT]), named, pick, bank, notes
+
+
+def tables(cfg: EvalConfig, checkpoint: Checkpoint, named: dict[str, ScoreSpec], bank: FeatureBank | None,
+           lpips_net) -> list[Table]:
+    """The store tables the named scores and curves read: reconstruction (the per-t curves' t with one draw,
+    each reconstruction term's t with its draws), features (each feature term's t_f and the curve's), and one
+    table per term of any other kind."""
+    model, scheduler, precision = checkpoint.model, checkpoint.scheduler, checkpoint.precision
+    terms = {t for s in named.values() for t in s.terms()}
+    need_r = {t: 1 for t in cfg.ts}
+    need_f = {t: 1 for t in cfg.feature_ts}
+    for term in terms:
+        need = need_r if isinstance(term, Reconstruction) else need_f if isinstance(term, Features) else None
+        for t, k in term.needs().items():
+            if need is not None:
+                need[t] = max(need.get(t, 0), k)
+    sidecar = {"checkpoint_sha256": checkpoint.sha256, "n": cfg.n, "n_val": cfg.n_val, "seed": cfg.seed,
+               "precision": precision}
+    out = []
+    if need_r:
+        out.append(Table(
+            "reconstruction", cfg.cache_key(checkpoint.key, lpips_net is not None), SCORE_COLUMNS, need_r,
+            lambda x, t, draws, step: score_images(model, x, [t], scheduler, cfg.sampler, cfg.steps, cfg.seed,
+                                                   lpips_net, cfg.batch_size, step, draws, precision),
+            {**sidecar, "sampler": cfg.sampler, "steps": cfg.steps, "lpips": lpips_net is not None}))
+    if bank is not None and need_f:
+        cache = default_cache_dir()  # banks at other t_f are a cache of their own, never beside shipped tables
+
+        def features(x, t, draws, step):
+            at = bank_at(checkpoint, bank, t, cfg.data_dir, cache, cfg.batch_size)
+            e = embed_draws(model, x, at.spec, draws, cfg.seed, precision, cfg.batch_size, progress=step,
+                            scheduler=scheduler)
+            return distance_frame(at, e, draws)
+
+        out.append(Table("features", cfg.feature_key(checkpoint.key, bank), FEATURE_COLUMNS, need_f, features,
+                         {**sidecar, "bank": bank.metadata()}))
+    for term in sorted(terms - {t for t in terms if isinstance(t, (Reconstruction, Features))}, key=table_name):
+        out.append(_own_table(cfg, checkpoint, term, lpips_net))
+    return out
+
+
+def _own_table(cfg: EvalConfig, checkpoint: Checkpoint, term: ScoreSpec, lpips_net) -> Table:
+    """A kind's own table: its components c0, c1, ... per image, at t = 0, draw 0; fitted once, when first needed."""
+    ctx = Context(checkpoint, cfg.sampler, cfg.steps, cfg.seed, lpips_net, cfg.batch_size, cfg.data_dir,
+                  str(cfg.cache_dir or default_cache_dir()))
+    fitted = []
+
+    def compute(x, t, draws, step):
+        if not fitted:
+            fitted.append(term.fit(ctx))
+        values = term.components(replace(ctx, progress=step), x, fitted[0]).double().cpu().numpy()
+        return pd.DataFrame({"index": range(len(x)), "t": 0, "draw": 0,
+                             **{f"c{i}": values[:, i] for i in range(values.shape[1])}})
+
+    key = cfg.table_key(term.kind, checkpoint.key, spec=term.to_dict(), sampler=cfg.sampler, steps=cfg.steps)
+    return Table(table_name(term), key, list(TABLE_KEYS), {0: 1}, compute,
+                 {"checkpoint_sha256": checkpoint.sha256, "spec": term.to_dict(), "n": cfg.n, "n_val": cfg.n_val})
+
+
+def image_sets(cfg: EvalConfig, checkpoint: Checkpoint) -> list[tuple[str, str, str, int]]:
+    """(role, set, split, n) of every set scored: ID validation, and ID test with each OOD set."""
+    id_name = checkpoint.data.name
+    sets = [("id_val", id_name, "val", cfg.n_val)]  # ID test images only matter against an OOD set
+    sets += [("id", id_name, "test", cfg.n)] if cfg.ood and cfg.id_test else []
+    return sets + [("ood", name, "test", cfg.n) for name in cfg.ood]
+
+
+def _store(cfg: EvalConfig, checkpoint: Checkpoint) -> ScoreStore:
+    return ScoreStore(cfg.cache_dir or default_cache_dir(), checkpoint.path / "evals", cfg.recompute)
 
 
 def table_status(cfg: EvalConfig, checkpoint: Checkpoint) -> tuple[int, str]:
-    """(How many images `evaluate(cfg)` still has to run through the UNet (0: it only reads the cache),
-    which version of which tables it would read): the second changes whenever a table does."""
-    cfg = for_checkpoint(cfg, checkpoint)
-    lpips_net = get_lpips("cpu") if cfg.lpips else None
-    plans = [_plan(cfg, checkpoint, table) for table in _tables(cfg, checkpoint, lpips_net, _bank(cfg, checkpoint))]
-    version = ";".join(f"{p.found}@{p.found.stat().st_mtime_ns}" for p in plans if p.found)
-    return sum(p.images for p in plans), version
+    """(How many images `evaluate(cfg)` still has to run through the model (0: it only reads tables), which
+    version of which tables it would read): the second changes whenever a table does."""
+    cfg, named, _, bank, _ = plan(cfg, checkpoint)
+    store, sets = _store(cfg, checkpoint), image_sets(cfg, checkpoint)
+    lpips_on = cfg.lpips and lpips_status().available
+    ts = tables(cfg, checkpoint, named, bank, object() if lpips_on else None)
+    return (sum(p.images for t in ts for p in store.missing(t, sets)), ";".join(store.version(t) for t in ts))
 
 
 def pending_images(cfg: EvalConfig, checkpoint: Checkpoint) -> int:
     return table_status(cfg, checkpoint)[0]
 
 
-def evaluate(
-    cfg: EvalConfig,
-    checkpoint: Checkpoint | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
-) -> EvalResult:
-    """Score ID validation, ID test and each OOD set at every t and draw needed (reading what the cache
+def pending_calls(cfg: EvalConfig, checkpoint: Checkpoint) -> int:
+    """Network calls `evaluate(cfg)` still has to make: each missing part's images times its calls per image."""
+    from .diffusion import network_calls
+
+    cfg, named, _, bank, _ = plan(cfg, checkpoint)
+    store, sets = _store(cfg, checkpoint), image_sets(cfg, checkpoint)
+    terms = {table_name(t): t for s in named.values() for t in s.terms()}
+    calls = 0
+    for table in tables(cfg, checkpoint, named, bank, None):
+        for p in store.missing(table, sets):
+            per = (network_calls(cfg.sampler, cfg.steps, p.t) if table.name == "reconstruction" else 1
+                   if table.name == "features" else terms[table.name].calls(cfg.sampler, cfg.steps))
+            calls += p.images * per
+    return calls
+
+
+def evaluate(cfg: EvalConfig, checkpoint: Checkpoint | None = None, progress: Progress | None = None) -> EvalResult:
+    """Score ID validation, ID test and each OOD set by every named score and curve (reading what the store
     has) and summarise. `progress(done, total, what)` is called as images are scored."""
     device = torch.device(cfg.device) if cfg.device else default_device()
     if checkpoint is None:
         checkpoint = load_checkpoint(cfg.checkpoint or DEFAULT_CHECKPOINT, device=device, precision=cfg.precision)
     device = next(checkpoint.model.parameters()).device
-    cfg = for_checkpoint(cfg, checkpoint)
+    cfg, named, pick, bank, notes = plan(cfg, checkpoint)
     lpips_net = get_lpips(str(device)) if cfg.lpips else None
-    bank = _bank(cfg, checkpoint)
-    notes = [] if bank is not None or cfg.score == "reconstruction" else [
-        f"{checkpoint.path} has no feature bank, so the default score is the reconstruction score; "
-        f"build one with `diffood bank --checkpoint {checkpoint.path}`"]
-    pick, own = checkpoint_pick(checkpoint)
-    if not own:
-        notes.append(f"{checkpoint.data.label}'s model records no score of its own, so it scores with the settings "
-                     f"chosen for the FashionMNIST model; `diffood select --checkpoint {checkpoint.path}` chooses "
-                     f"its own on proxies of its ID set")
-    want = (pick["default"].get("features") or {}) if own else {}
-    if bank is not None and want and (want["layer"], want["t"], want["pooling"], want["bank"]) != (
-            bank.spec.layer, bank.spec.t, bank.spec.pooling, bank.n):
-        notes.append(f"the checkpoint's pick asks for a bank of {want['bank']:,} images at {want['layer']}, t = "
-                     f"{want['t']}, {want['pooling']} pooling; its bank holds {bank.describe()}: rebuild it with "
-                     f"`diffood bank --checkpoint {checkpoint.path}`")
-    frames, computed, found = [], [], None
-    for table in _tables(cfg, checkpoint, lpips_net, bank):
-        scores, plan, done = _fill(cfg, checkpoint, table, progress)
-        computed += done
-        found = found or plan.found
-        wanted = (scores["t"].map(table.need).fillna(0) > scores["draw"]) & (
-            scores["role"].eq("id_val") | (scores["role"].eq("id") & cfg.id_test) | scores["dataset"].isin(cfg.ood))
-        frames.append(scores[wanted])
-    scores = frames[0]
-    for other in frames[1:]:
-        scores = scores.merge(other, on=KEY_COLUMNS, how="outer", sort=False)
-    scores = scores.astype({"index": int, "t": int, "draw": int}).reset_index(drop=True)
-    result = EvalResult(scores, pd.DataFrame(columns=SUMMARY_COLUMNS), cfg, found, computed, bank, notes)
-    knn = next((d.knn for d in result.detectors.values() if d.knn), None)
-    result.summary = summarize(scores, result.detectors, cfg.sampler, cfg.steps, knn.metric if knn else None, cfg.tpr)
+    store, sets = _store(cfg, checkpoint), image_sets(cfg, checkpoint)
+
+    def images(name: str, split: str, n: int) -> torch.Tensor:
+        return to_model_input(load_images(name, split, n, cfg.seed, cfg.data_dir, id=checkpoint.data)).to(device)
+
+    wanted_roles = {"id_val", *(["id"] if cfg.id_test else [])}
+    filled: dict[str, Filled] = {}
+    for table in tables(cfg, checkpoint, named, bank, lpips_net):
+        f = store.fill(table, sets, images, progress)
+        rows = f.rows
+        keep = (rows["t"].map(table.need).fillna(0) > rows["draw"]) & (
+            rows["role"].isin(wanted_roles) | (rows["role"].eq("ood") & rows["dataset"].isin(cfg.ood)))
+        filled[table.name] = Filled(rows[keep].reset_index(drop=True), f.path, f.computed)
+    found = next((f.path for f in filled.values() if f.path), None)
+    result = EvalResult({k: f.rows for k, f in filled.items()}, pd.DataFrame(columns=SUMMARY_COLUMNS), cfg, named,
+                        pick, found, [p for f in filled.values() for p in f.computed], bank, notes)
+    feats = result.features
+    result.summary = summarize(result.tables, named, cfg.sampler, cfg.steps, cfg.tpr, feats.metric if feats else None)
     return result
 
 
-def _fill(cfg: EvalConfig, checkpoint: Checkpoint, table: _Table, progress) -> tuple[pd.DataFrame, _Plan, list]:
-    """The table with every missing part computed and written, under its file lock. Under torchrun, rank 0
-    holds the lock, decides what is missing and writes; every rank computes its share."""
-    plan = _plan(cfg, checkpoint, table)
-    plan.cached, plan.todo, plan.found = distributed.broadcast((plan.cached, plan.todo, plan.found))  # rank 0's view
-    if not plan.todo:
-        return plan.cached, plan, []
-    lock = FileLock(str(plan.write_path) + ".lock") if distributed.is_main() else None
-    if lock is not None:
-        plan.write_path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            if progress:
-                progress(0, plan.images, "waiting for another process computing this table")
-            lock.acquire()
-    try:
-        plan = _plan(cfg, checkpoint, table)  # another process may have computed it meanwhile
-        plan.cached, plan.todo = distributed.broadcast((plan.cached, plan.todo))  # rank 0's view
-        if not plan.todo:
-            return plan.cached, plan, []
-        computed = _compute(cfg, checkpoint, plan, table, progress)
-        scores = pd.concat([f for f in [plan.cached, *computed] if len(f)], ignore_index=True)[table.columns]
-        if lock is not None:
-            _write_table(scores, plan.write_path)
-            atomic_write_text(plan.write_path.with_suffix("").with_suffix(".json"), json.dumps(table.sidecar, indent=2))
-        plan.found = plan.write_path
-        return scores, plan, [(s[0], s[1], t) for s, t, _ in plan.todo]
-    finally:
-        if lock is not None:
-            lock.release()
+def as_json(cfg: EvalConfig) -> str:
+    """The config as JSON, specs as their dicts (the pages' cache key); `from_json` reads it back."""
+    d = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    d["score"] = _plain(d["score"])
+    d["methods"] = [_plain(m) for m in d["methods"]]
+    return json.dumps(d, sort_keys=True)
 
 
-def _compute(cfg, checkpoint: Checkpoint, plan: _Plan, table: _Table, progress) -> list[pd.DataFrame]:
-    done, total, frames = 0, plan.images, []
-    device = next(checkpoint.model.parameters()).device
-    images = {}
-    for (role, name, split, n), _, _ in plan.todo:  # every set read before any is scored: bad data fails at once
-        if (name, split, n) not in images:
-            pixels = load_images(name, split, n, cfg.seed, cfg.data_dir, id=checkpoint.data)
-            images[name, split, n] = to_model_input(pixels).to(device)
-    for (role, name, split, n), t, draws in plan.todo:
-        def step(k: int, _name=name) -> None:
-            nonlocal done
-            done += k
-            if progress:
-                progress(done, total, f"{table.name}: {_name}")
+def _plain(s):
+    return s.to_dict() if isinstance(s, ScoreSpec) else s
 
-        df = table.score(images[name, split, n], t, draws, step)
-        frames.append(df.assign(dataset=name, split=split, role=role))
-    return frames
+
+def from_json(text: str) -> EvalConfig:
+    return EvalConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()})

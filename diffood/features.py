@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 
 from . import distributed
-from .diffusion import add_noise, autocast, make_scheduler, noise_for
+from .diffusion import add_noise, autocast, make_scheduler, noise_for, unet_timestep
 from .errors import CheckpointError
 from .files import atomic_save_safetensors
 from .images import to_model_input
@@ -88,9 +88,9 @@ def embed(model: torch.nn.Module, x: torch.Tensor, t: int, noise: torch.Tensor, 
     handles = [unet.get_submodule(name).register_forward_hook(hook(name)) for name in LAYERS[:last + 1] if name in layers]
     out: dict[tuple[str, str], list[torch.Tensor]] = {(layer, p): [] for layer in layers for p in poolings}
     try:
-        xt = add_noise(x, t, scheduler, noise=noise.to(x.device))
+        xt = add_noise(x, noise, t, scheduler)
         for xb in distributed.batches(xt, batch_size):  # under torchrun: this rank's share
-            timestep = torch.full((len(xb),), t - 1, device=xb.device, dtype=torch.long)
+            timestep = torch.full((len(xb),), unet_timestep(t), device=xb.device, dtype=torch.long)
             try:
                 with autocast(xb.device, precision):
                     unet(xb, timestep)

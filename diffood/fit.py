@@ -13,33 +13,42 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .datasets import DataSpec, download_allowed, held_out, load_split, resolve_data_dir
-from .evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, FEATURE_CURVE_TS, EvalConfig, evaluate, pick_features
-from .features import BANK_NAME, BankError, FeatureSpec, build_bank, checkpoint_bank
+from .evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, FEATURE_CURVE_TS, EvalConfig, evaluate
+from .features import BANK_NAME, BankError, build_bank, checkpoint_bank
 from .model import META_NAME, WEIGHTS_NAME, ModelConfig, file_sha256, load_checkpoint, record_score
+from .scores import Pick
 from .select import SelectConfig, pick_record, score_candidates
 from .train import TrainConfig, export_run, run
 
 STAGES = ("train", "export", "select", "bank", "tables")
 
 
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
 @dataclass
 class FitConfig:
-    data: str  # a data spec: a torchvision name, or a folder or .zip of images
-    out: str  # the checkpoint folder; the training run lives in out/run, to resume from
-    image_size: int = 28
-    channels: int = 1
-    epochs: float = 20.0
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    batch_size: int = 128
-    seed: int = 0
-    data_dir: str | None = None
-    device: str | None = None
+    """From images to a ready model: what to train on, where it goes, how long."""
+
+    data: str = field(metadata=_help("the ID set: a torchvision name (fashionmnist, mnist, ...), or a folder or .zip "
+                                     "of images"))
+    out: str = field(metadata=_help("the checkpoint folder (its training run lives in OUT/run)"))
+    image_size: int = field(default=28, metadata=_help("images are fitted to this many px (28-64)"))
+    channels: int = field(default=1, metadata=_help("1 grayscale, 3 RGB"))
+    epochs: float = field(default=20.0, metadata=_help("length of the learning-rate schedule"))
+    max_steps: int | None = field(default=None, metadata=_help("train this many steps at most, then go on"))
+    max_minutes: float | None = field(default=None, metadata=_help("train this many minutes at most, then go on"))
+    batch_size: int = field(default=128, metadata=_help("training images per step"))
+    seed: int = field(default=0, metadata=_help("fixes the training order, the noise and the protocol's images"))
+    data_dir: str | None = field(default=None, metadata=_help("torchvision's data folder, where folder specs are "
+                                                              "also looked for"))
+    device: str | None = field(default=None, metadata=_help("cuda, mps or cpu (default: the best available)"))
 
 
 def select_budget(spec: DataSpec, data_dir: Path) -> dict:
@@ -97,19 +106,19 @@ def fit(cfg: FitConfig, say: Callable[[str], None] = print) -> dict:
         table.to_csv(out / "select.csv", index=False)
         ckpt.meta.score = pick_record(table, select.for_checkpoint(ckpt))
         record_score(out, ckpt.meta.score)
-    pick = ckpt.meta.score
-    say(f"pick: {pick['default']['kind']}, mean proxy AUROC {pick['mean']:.4f} over {pick['candidates']} candidates")
+    pick = Pick.of(ckpt)
+    say(f"pick: {pick.default.describe()}, mean proxy AUROC {pick.mean:.4f} over {pick.candidates} candidates")
     seconds["select"] = time.perf_counter() - start
 
     start = stage("bank")
-    want = pick_features(ckpt)
-    spec_f = FeatureSpec(want["layer"], want["t"], want["pooling"])
+    want = pick.bank_term
+    spec_f = want.spec
     try:
         bank = checkpoint_bank(ckpt)
     except BankError:  # a bank of earlier weights: built again
         bank = None
-    if bank is None or bank.spec != spec_f or bank.n != want["bank"]:
-        build_bank(ckpt, spec_f, want["bank"], cfg.seed, cfg.data_dir).save(out / BANK_NAME)
+    if bank is None or bank.spec != spec_f or bank.n != want.bank:
+        build_bank(ckpt, spec_f, want.bank, cfg.seed, cfg.data_dir).save(out / BANK_NAME)
     seconds["bank"] = time.perf_counter() - start
 
     start = stage("tables")

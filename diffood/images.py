@@ -118,11 +118,36 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-def fit_upload(data: bytes, size: int, channels: int, invert: bool, max_pixels: int = MAX_UPLOAD_PIXELS,
-               max_bytes: int = MAX_UPLOAD_BYTES) -> torch.Tensor:
-    """An uploaded file's bytes -> one model-ready tensor (1, C, S, S) in [-1, 1]: decoded, inverted when
-    `invert` (grayscale only) or, with `invert=None`, when its border is mostly light, then fitted."""
-    x = decode_image(data, channels, max_pixels, max_bytes)
+def as_pixels(item, channels: int) -> torch.Tensor:
+    """An in-memory image (PIL image, array or tensor: H x W, H x W x C or C x H x W; uint8, or floats in
+    [0, 1]) -> float (C, H, W) in [0, 1], as decode_image gives a file's: no encoding on the way."""
+    if isinstance(item, Image.Image):
+        arr = _pillow_to01(item, channels)
+    else:
+        a = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
+        if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
+            a = a.transpose(1, 2, 0)  # C x H x W -> H x W x C
+        if a.ndim == 3 and a.shape[-1] == 1:
+            a = a[..., 0]
+        if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)) or a.size == 0:
+            raise ValueError(f"shape {a.shape}: expected H x W, H x W x C or C x H x W")
+        if a.dtype == np.uint8 or (a.ndim == 3 and a.shape[-1] == 4):  # Pillow converts modes and alpha
+            u8 = a if a.dtype == np.uint8 else (np.clip(a.astype(np.float64), 0, 1) * 255).round().astype(np.uint8)
+            arr = _pillow_to01(Image.fromarray(u8), channels)
+        elif np.issubdtype(a.dtype, np.number) or a.dtype == bool:
+            arr = np.clip(a.astype(np.float32), 0, 1)
+        else:
+            raise ValueError(f"dtype {a.dtype}: expected uint8 or floats in [0, 1]")
+    x = torch.from_numpy(np.ascontiguousarray(arr))
+    return x[None] if x.dim() == 2 else x.permute(2, 0, 1).contiguous()
+
+
+def fit_upload(data: bytes | torch.Tensor, size: int, channels: int, invert: bool,
+               max_pixels: int = MAX_UPLOAD_PIXELS, max_bytes: int = MAX_UPLOAD_BYTES) -> torch.Tensor:
+    """An uploaded file's bytes (or an image as_pixels gave) -> one model-ready tensor (1, C, S, S) in [-1, 1]:
+    decoded, inverted when `invert` (grayscale only) or, with `invert=None`, when its border is mostly light,
+    then fitted."""
+    x = decode_image(data, channels, max_pixels, max_bytes) if isinstance(data, bytes) else data
     if channels == 1:
         border = torch.cat([x[0, 0], x[0, -1], x[0, :, 0], x[0, :, -1]])
         if invert if invert is not None else bool(border.mean() > 0.5):

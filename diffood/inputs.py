@@ -64,7 +64,7 @@ SCAN = ScanLimits()
 @dataclass
 class Entry:
     name: str  # file path, or "archive.zip/inner/path.png"
-    data: bytes | None = None
+    data: bytes | object | None = None  # the file's bytes, or an in-memory image as images.as_pixels gives it
     error: str | None = None  # why it was not read
     relative: str = ""  # the path inside the folder or archive it came from
 

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from .diffusion import make_scheduler, resolve_precision
 from .errors import CheckpointError, DiffoodError
 from .files import atomic_save_safetensors, atomic_write_text
+from .paths import user_cache
 from .sets import FASHIONMNIST, IdData
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -266,8 +267,7 @@ def compile_for_inference(model: UNet2DModel, precision: str) -> torch.nn.Module
     default ~/.cache/diffood/inductor, so a later run with the same shapes compiles from it."""
     import torch._inductor.config as inductor
 
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(os.environ.get(
-        "XDG_CACHE_HOME", Path.home() / ".cache")) / "diffood" / "inductor"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache("inductor")))
     inductor.freezing = True
     if precision == "bf16":
         model = model.to(torch.bfloat16)

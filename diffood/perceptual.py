@@ -11,6 +11,7 @@ size here) are padded to 32 with the background value -1, not resized, so pixels
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from dataclasses import dataclass
@@ -118,9 +119,10 @@ def _resolved() -> PerceptualDistance | LPIPSStatus:
 
 @lru_cache(maxsize=4)
 def get_lpips(device: str = "cpu") -> PerceptualDistance | None:
-    """The process-wide LPIPS net on `device` (built once), or None when unavailable."""
+    """The LPIPS net on `device`, one per device (a copy of the one resolved on the CPU, which stays there:
+    `Module.to` moves in place), or None when unavailable."""
     result = _resolved()
-    return result.to(device) if isinstance(result, PerceptualDistance) else None
+    return copy.deepcopy(result).to(device) if isinstance(result, PerceptualDistance) else None
 
 
 def lpips_status() -> LPIPSStatus:

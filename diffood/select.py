@@ -17,7 +17,7 @@ network calls, then the smaller bank, then the higher worst-proxy AUROC.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import product
 from typing import Callable
 
@@ -25,46 +25,57 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, sampler_name
-from .evaluate import FALLBACK_PICK, EvalConfig, default_cache_dir, evaluate
-from .features import BANK_DRAW, KS, LAYERS, POOLINGS, FeatureSpec, embed_set, knn_distances
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, SAMPLERS, sampler_name
+from .evaluate import EvalConfig, default_cache_dir, evaluate
+from .features import BANK_DRAW, KS, LAYERS, POOLINGS, embed_set, knn_distances
 from .metrics import auroc
 from .model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
-from .scoring import Detector, KnnTerm
+from .scores import FALLBACK, Features, Pick, Reconstruction, ScoreSpec, ZMean
+from .scores.base import zmean_frame
 
-FALLBACK_RECON = {k: tuple(v) if isinstance(v, list) else v for k, v in FALLBACK_PICK["reconstruction"].items()}
 PROXIES = ("vflip", "hflip", "invert", "shuffle", "gaussian-noise", "uniform")  # built from the ID set
 CANDIDATE_TS = (500, 600, 700, 800, 900)
 METRIC_SETS = (("mse",), ("lpips",), ("mse", "lpips"))
 FEATURE_TS = (1, 10, 25, 50, 100, 200, 300)
 
 
+def _help(text: str, **more) -> dict:
+    return {"help": text, **more}
+
+
 @dataclass
 class SelectConfig:
-    checkpoint: str | None = None
-    proxies: tuple[str, ...] = PROXIES
-    ts: tuple[int, ...] = CANDIDATE_TS
-    max_draws: int = 4
-    sampler: str = DEFAULT_SAMPLER
-    steps: int = DEFAULT_STEPS
-    max_calls: int = 25
-    n_ref: int = 300  # ID validation images: z-score reference
-    n_id: int = 300  # ID validation images: the ID side of each AUROC
-    n_proxy: int = 300  # images per proxy set
-    tolerance: float = 0.002
-    feature_ts: tuple[int, ...] = FEATURE_TS  # empty: reconstruction candidates only
-    layers: tuple[str, ...] = LAYERS
-    poolings: tuple[str, ...] = POOLINGS
-    ks: tuple[int, ...] = KS
-    bank_sizes: tuple[int, ...] = (10_000,)
-    max_feature_draws: int = 4
-    combine_features: int = 20
-    combine_recon: int = 10
-    seed: int = 0
-    precision: str = "auto"
-    data_dir: str | None = None
-    cache_dir: str | None = None
-    device: str | None = None
+    """The selection protocol's candidates and images."""
+
+    checkpoint: str | None = field(default=None, metadata=_help("checkpoint folder, or a shipped model by name"))
+    proxies: tuple[str, ...] = field(default=PROXIES, metadata=_help("proxy OOD sets, transforms of the ID set's"))
+    ts: tuple[int, ...] = field(default=CANDIDATE_TS, metadata=_help(
+        "candidate t; candidates take runs of them (under torchrun, spell out --timesteps)", flags=("--t", "--timesteps")))
+    max_draws: int = field(default=4, metadata=_help("noise draws of reconstruction candidates, at most"))
+    sampler: str = field(default=DEFAULT_SAMPLER, metadata=_help("how reconstructions are denoised", choices=SAMPLERS))
+    steps: int = field(default=DEFAULT_STEPS, metadata=_help("network calls per reconstruction (strided, ddim)"))
+    max_calls: int = field(default=25, metadata=_help("network calls per image, at most"))
+    n_ref: int = field(default=300, metadata=_help("ID validation images for the z-score reference"))
+    n_id: int = field(default=300, metadata=_help("further ID validation images: the ID side of each AUROC"))
+    n_proxy: int = field(default=300, metadata=_help("images per proxy set"))
+    tolerance: float = field(default=0.002, metadata=_help("candidates this close to the best mean AUROC tie"))
+    feature_ts: tuple[int, ...] = field(default=FEATURE_TS, metadata=_help(
+        "t_f of the feature candidates (none: reconstruction candidates only)", flags=("--feature-t",)))
+    layers: tuple[str, ...] = field(default=LAYERS, metadata=_help("UNet blocks of the feature candidates",
+                                                                   choices=LAYERS))
+    poolings: tuple[str, ...] = field(default=POOLINGS, metadata=_help("poolings of the feature candidates",
+                                                                       choices=POOLINGS))
+    ks: tuple[int, ...] = field(default=KS, metadata=_help("k of the feature candidates"))
+    bank_sizes: tuple[int, ...] = field(default=(10_000,), metadata=_help("ID training images per bank"))
+    max_feature_draws: int = field(default=4, metadata=_help("noise draws of feature candidates, at most"))
+    combine_features: int = field(default=20, metadata=_help("best feature candidates combined with ..."))
+    combine_recon: int = field(default=10, metadata=_help("... the best reconstruction candidates"))
+    seed: int = field(default=0, metadata=_help("fixes the images drawn from each set and the noise"))
+    precision: str = field(default="auto", metadata=_help("the UNet's: auto = bf16 where the hardware computes it",
+                                                          choices=PRECISIONS))
+    data_dir: str | None = field(default=None, metadata=_help("torchvision's data folder (default $DIFFOOD_DATA_DIR)"))
+    cache_dir: str | None = field(default=None, metadata=_help("where tables and embeddings are kept"))
+    device: str | None = field(default=None, metadata=_help("cuda, mps or cpu (default: the best available)"))
 
     def for_checkpoint(self, checkpoint: Checkpoint) -> "SelectConfig":
         """Proxy names made full for the checkpoint's ID set ("vflip" -> "<id>-vflip")."""
@@ -72,18 +83,18 @@ class SelectConfig:
 
     def eval_config(self) -> EvalConfig:
         return EvalConfig(checkpoint=self.checkpoint, ood=tuple(self.proxies), ts=tuple(self.ts), multi_ts=None,
-                          draws=self.max_draws, detector_ts=tuple(self.ts), sampler=self.sampler, steps=self.steps,
-                          n=self.n_proxy, n_val=self.n_ref + self.n_id, seed=self.seed, id_test=False, score="reconstruction",
+                          score=Reconstruction(tuple(self.ts), self.max_draws), sampler=self.sampler, steps=self.steps,
+                          n=self.n_proxy, n_val=self.n_ref + self.n_id, seed=self.seed, id_test=False,
                           precision=self.precision, data_dir=self.data_dir, cache_dir=self.cache_dir, device=self.device)
 
 
-def candidates(cfg: SelectConfig) -> list[Detector]:
+def candidates(cfg: SelectConfig) -> list[Reconstruction]:
     out = []
     for length in range(1, len(cfg.ts) + 1):
         for start in range(len(cfg.ts) - length + 1):
             for draws in range(1, cfg.max_draws + 1):
                 for metrics in METRIC_SETS:
-                    d = Detector(tuple(cfg.ts[start:start + length]), draws, metrics)
+                    d = Reconstruction(tuple(cfg.ts[start:start + length]), draws, metrics)
                     if d.calls(cfg.sampler, cfg.steps) <= cfg.max_calls:
                         out.append(d)
     return out
@@ -99,15 +110,18 @@ def _row(settings: dict, z: dict[str, np.ndarray], proxies) -> dict:
 def _recon_candidates(cfg: SelectConfig, checkpoint, progress) -> list[tuple[dict, dict]]:
     """(settings, z-scores per set) of every reconstruction candidate."""
     result = evaluate(cfg.eval_config(), checkpoint, progress)
-    val = result.reference
-    reference, id_side = val[val["index"] < cfg.n_ref], val[val["index"] >= cfg.n_ref]
-    ood = result.scores[result.scores["role"] == "ood"]
+    rows = result.tables["reconstruction"]
+    val = rows[rows["role"] == "id_val"]
+    reference = {"reconstruction": val[val["index"] < cfg.n_ref]}
+    id_side = {"reconstruction": val[val["index"] >= cfg.n_ref]}
+    ood = rows[rows["role"] == "ood"]
     out = []
     for det in candidates(cfg):
         if det.metrics != ("mse",) and val["lpips"].isna().all():
             continue
-        z = {"id": det.scores(id_side, reference)["score"].to_numpy()}
-        z.update({p: det.scores(ood[ood["dataset"] == p], reference)["score"].to_numpy() for p in cfg.proxies})
+        z = {"id": zmean_frame(det, id_side, reference, [])["score"].to_numpy()}
+        z.update({p: zmean_frame(det, {"reconstruction": ood[ood["dataset"] == p]}, reference, [])["score"].to_numpy()
+                  for p in cfg.proxies})
         out.append(({"kind": "reconstruction", "ts": " ".join(map(str, det.ts)), "draws": det.draws,
                      "metrics": ",".join(det.metrics), "calls": det.calls(cfg.sampler, cfg.steps), "bank": 0}, z))
     return out
@@ -182,42 +196,27 @@ RULE = ("the highest mean AUROC over the proxy sets; among candidates within the
 
 
 def pick_record(table: pd.DataFrame, cfg: SelectConfig) -> dict:
-    """What a checkpoint records of a protocol's outcome (diffood.json "score"): the pick over every candidate,
-    the pick among reconstruction candidates alone (the reconstruction score), the rule and the proxy AUROCs."""
+    """What a checkpoint records of a protocol's outcome (diffood.json "score", scores.Pick): the pick over every
+    candidate, the pick among reconstruction candidates alone (the reconstruction score), the rule and the proxy
+    AUROCs."""
     best = choose(table, cfg.tolerance)
-    det = detector_of(best)
     recon_rows = table[table["kind"] == "reconstruction"]
-    recon = detector_of(choose(recon_rows, cfg.tolerance)) if len(recon_rows) else Detector(**FALLBACK_RECON)
-
-    def terms(d: Detector) -> dict:
-        out = {}
-        if d.ts:
-            out["reconstruction"] = {"ts": list(d.ts), "draws": d.draws, "metrics": list(d.metrics)}
-        if d.knn:
-            out["features"] = {"layer": d.knn.spec.layer, "t": d.knn.spec.t, "pooling": d.knn.spec.pooling,
-                               "k": d.knn.k, "draws": d.knn.draws, "bank": d.knn.bank}
-        return out
-
-    kind = "both" if det.ts and det.knn else "features" if det.knn else "reconstruction"
-    return {
-        "default": {"kind": kind, **terms(det), "calls": int(best["calls"])},
-        "reconstruction": terms(recon)["reconstruction"],
-        "rule": RULE, "tolerance": cfg.tolerance,
-        "proxies": {p: round(float(best[p]), 4) for p in cfg.proxies}, "mean": round(float(best["mean"]), 4),
-        "worst": round(float(best["worst"]), 4), "candidates": len(table),
-        "sampler": sampler_name(cfg.sampler, cfg.steps), "images": {"reference": cfg.n_ref, "id": cfg.n_id,
-                                                                    "proxy": cfg.n_proxy},
-    }
+    recon = spec_of(choose(recon_rows, cfg.tolerance)) if len(recon_rows) else FALLBACK.reconstruction
+    pick = Pick(spec_of(best), recon, RULE, cfg.tolerance, {p: round(float(best[p]), 4) for p in cfg.proxies},
+                round(float(best["mean"]), 4), round(float(best["worst"]), 4), len(table),
+                sampler_name(cfg.sampler, cfg.steps), {"reference": cfg.n_ref, "id": cfg.n_id, "proxy": cfg.n_proxy})
+    return pick.to_record()
 
 
-def detector_of(row: pd.Series) -> Detector:
-    """The Detector a table row describes."""
-    recon = {}
+def spec_of(row: pd.Series) -> ScoreSpec:
+    """The score a table row describes."""
+    terms: list[ScoreSpec] = []
     if isinstance(row.get("ts"), str) and row["ts"]:
-        recon = dict(ts=tuple(int(t) for t in row["ts"].split()), draws=int(row["draws"]),
-                     metrics=tuple(row["metrics"].split(",")))
-    knn = None
+        terms.append(Reconstruction(tuple(int(t) for t in row["ts"].split()), int(row["draws"]),
+                                    tuple(row["metrics"].split(","))))
     if isinstance(row.get("layer"), str) and row["layer"]:
-        spec = FeatureSpec(row["layer"], int(row["feature_t"]), row["pooling"])
-        knn = KnnTerm(spec, int(row["k"]), int(row["feature_draws"]), int(row["bank"]))
-    return Detector(**recon, knn=knn)
+        terms.append(Features(row["layer"], int(row["feature_t"]), row["pooling"], int(row["k"]),
+                              int(row["feature_draws"]), int(row["bank"])))
+    if not terms:
+        raise ValueError("a candidate row names no t and no layer")
+    return terms[0] if len(terms) == 1 else ZMean(tuple(terms))

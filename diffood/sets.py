@@ -176,9 +176,10 @@ def load_images(
         return bundled
 
 
-def load_user_image(data: bytes, invert: bool | None = None, id: IdData = FASHIONMNIST,
+def load_user_image(data: bytes | torch.Tensor, invert: bool | None = None, id: IdData = FASHIONMNIST,
                     max_pixels: int = MAX_UPLOAD_PIXELS, max_bytes: int = MAX_UPLOAD_BYTES) -> torch.Tensor:
-    """Any image file's bytes -> one model-ready tensor (1, C, S, S) in [-1, 1], by the checkpoint's rule.
+    """Any image file's bytes (or images.as_pixels' tensor) -> one model-ready tensor (1, C, S, S) in [-1, 1],
+    by the checkpoint's rule.
 
     Decoded to the ID set's channels; the longer side resized to its size and the rest padded with the
     border's colour, so aspect is kept, as the training images were (images.fit_upload). `invert=None`

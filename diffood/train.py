@@ -24,8 +24,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from . import distributed
 from .datasets import DataSpec, DataSpecError, download_allowed, load_split, remember_location, resolve_data_dir
-from .diffusion import add_noise, default_device, make_scheduler
+from .diffusion import add_noise, default_device, make_scheduler, unet_timestep
 from .errors import CheckpointError
 from .files import atomic_save_safetensors, atomic_write_text
 from .images import to_model_input
@@ -84,17 +85,10 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor
 class Trainer:
     def __init__(self, cfg: TrainConfig, device: str | torch.device | None = None):
         self.cfg = cfg
-        self.distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.device = torch.device(device) if device else default_device()
-        if self.distributed:
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            self.rank, self.world = dist.get_rank(), dist.get_world_size()
-            if self.device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-                torch.cuda.set_device(self.device)
-        else:
-            self.rank, self.world = 0, 1
+        self.device = torch.device(distributed.device_for_rank(str(device) if device else None) or default_device())
+        distributed.init(self.device)  # under torchrun: joins the group; a no-op for one process
+        self.distributed = distributed.world() > 1
+        self.rank, self.world = distributed.rank(), distributed.world()
         if cfg.batch_size % self.world:
             raise ValueError(f"batch size {cfg.batch_size} does not split over {self.world} ranks")
 
@@ -197,13 +191,13 @@ class Trainer:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
         t = torch.randint(1, self.scheduler.config.num_train_timesteps + 1, (len(x0),), generator=g)[mine]
         noise = torch.randn(x0.shape, generator=g)[mine]
-        xt = add_noise(x0[mine], t, self.scheduler, noise=noise)
+        xt = add_noise(x0[mine], noise, t, self.scheduler)
         xt, noise, t = (xt.to(self.device, memory_format=self.memory_format), noise.to(self.device),
                         t.to(self.device))
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg, self.total_steps)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"):
-            pred = self.net(xt, t - 1).sample
+            pred = self.net(xt, unet_timestep(t)).sample
         loss = F.mse_loss(pred.float(), noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

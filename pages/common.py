@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import runpy
 import threading
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +22,16 @@ from diffood.evaluate import (
     CacheWarning,
     EvalConfig,
     EvalResult,
+    as_json,
     default_cache_dir,
     evaluate,
+    from_json,
     table_status,
 )
 from diffood.inputs import IMAGE_SUFFIXES, MAX_ENTRIES, expand, store_images
 from diffood.model import DEFAULT_CHECKPOINT, Checkpoint, find_checkpoints, load_checkpoint
 from diffood.perceptual import get_lpips, lpips_status
+from diffood.scores import COMBINED, FEATURES, KINDS, MULTI_T, RECONSTRUCTION
 from diffood.verdict import TARGET_TPR
 
 APP = Path(__file__).parents[1] / "app.py"
@@ -81,7 +82,8 @@ DEFAULTS = {
     "sampler": DEFAULT_SAMPLER,
     "steps": DEFAULT_STEPS,
     "seed": 0,
-    "draws": None,  # the checkpoint's pick
+    "score_text": "",  # the checkpoint's pick
+    "methods": [],  # more scores reported beside it
     "eval_ts": list(DEFAULT_TS),
     "eval_n": 1000,
     "multi_ts": list(DEFAULT_MULTI_TS),
@@ -132,13 +134,20 @@ def sidebar() -> None:
         st.number_input("Target ID acceptance (TPR, %)", 50.0, 99.9, step=0.5, format="%.1f", key="tpr",
                         help="Verdicts call an image OOD when its score is above the threshold that accepts this share "
                              "of ID validation images; every page and CSV states both")
-        st.number_input("Noise draws", 1, 16, key="draws", placeholder="the model's pick",
-                        help="The reconstruction score averages each image's error over this many independent "
-                             "noisings; empty: as many as the model's recorded pick")
+        st.text_input("Score", key="score_text", placeholder="the model's pick",
+                      help="The default score, by name or with parameters: `reconstruction(draws=2)`, "
+                           "`features(k=5)`, `both`; empty: the model's recorded pick")
+        st.multiselect("Also report", score_choices(), key="methods",
+                       help="More scores beside the default on every table page, each with its network calls")
         st.divider()
         st.caption(f"Device: **{device_name()}**")
         status = lpips_status()
         st.caption((":material/check_circle: " if status.available else ":material/warning: ") + str(status))
+
+
+def score_choices() -> list[str]:
+    """What the sidebar offers beside the default: the named scores and every registered kind."""
+    return list(dict.fromkeys([RECONSTRUCTION, FEATURES, COMBINED, MULTI_T, *(k for k in KINDS if k != "zmean")]))
 
 
 def tpr() -> float:
@@ -233,14 +242,15 @@ def eval_config(reference_only: bool = False) -> EvalConfig:
     s = st.session_state
     return EvalConfig(checkpoint=checkpoint_path(), ood=() if reference_only else (s["ood"],),
                       ts=tuple(sorted(s["eval_ts"])), multi_ts=tuple(sorted(set(s["multi_ts"]) & set(s["eval_ts"]))) or None,
-                      draws=int(s["draws"]) if s["draws"] else None, sampler=s["sampler"], steps=int(s["steps"]),
+                      score=s["score_text"].strip() or None, methods=tuple(s["methods"]),
+                      sampler=s["sampler"], steps=int(s["steps"]),
                       n=DEFAULTS["eval_n"] if reference_only else int(s["eval_n"]), seed=int(s["seed"]),
                       tpr=tpr(), device=str(default_device()))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _read_evaluation(config_json: str, sha: str, version: str) -> EvalResult:
-    cfg = EvalConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(config_json).items()})
+    cfg = from_json(config_json)
     return evaluate(cfg, load_model(cfg.checkpoint))
 
 
@@ -250,7 +260,11 @@ def evaluation(cfg: EvalConfig, button: str = "Compute now") -> EvalResult | Non
     ckpt = checkpoint()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacheWarning)
-        missing, version = table_status(cfg, ckpt)  # an unreadable cached table is moved aside here, with a warning
+        try:
+            missing, version = table_status(cfg, ckpt)  # an unreadable cached table is moved aside here, with a warning
+        except DiffoodError as e:  # a score typed in the sidebar that does not parse, a bank it lacks
+            st.error(str(e))
+            return None
     for w in caught:
         st.warning(str(w.message), icon=":material/warning:")
     if missing:
@@ -268,7 +282,7 @@ def evaluation(cfg: EvalConfig, button: str = "Compute now") -> EvalResult | Non
             return None
         st.rerun()  # redraw without the button, now reading the cache
     try:
-        result = _read_evaluation(json.dumps(asdict(cfg)), ckpt.key, version)
+        result = _read_evaluation(as_json(cfg), ckpt.key, version)
     except DiffoodError as e:
         st.error(str(e))
         return None

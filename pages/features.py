@@ -9,9 +9,9 @@ import streamlit as st
 import torch
 
 from diffood.errors import DiffoodError
-from diffood.evaluate import DEFAULT
 from diffood.featuremap import PROJECTIONS, bank_sample, embed_images, project
 from diffood.features import bank_images, checkpoint_bank
+from diffood.scores import DEFAULT
 from diffood.sets import load_images
 from diffood.verdict import Reference
 from pages.common import checkpoint, dataset_label, eval_config, evaluation, load_model, through_app, to_display, tpr
@@ -72,7 +72,7 @@ labels += [f"{data.label} training (feature bank)"] * len(bank_rows)
 rows += bank_rows.tolist()
 names += ["bank"] * len(bank_rows)
 points = np.concatenate(points)
-scored = result.detector_scores(DEFAULT)
+scored = result.score_frame(DEFAULT)
 score = {(r.dataset, int(r.index)): r.score for r in scored[scored["role"].isin(["id", "ood"])].itertuples()}
 scores = np.array([score.get((name, row), np.nan) for name, row in zip(names, rows)])
 

@@ -15,12 +15,12 @@ st.title("Score histograms")
 cfg, result = evaluated_tables()
 
 scores, ood = result.scores, cfg.ood[0]
-metric = st.radio("Score", [*result.detectors, *METRICS], horizontal=True, key="hist_metric",
-                  help="\n\n".join(f"{name}: {det.describe()}" for name, det in result.detectors.items())
+metric = st.radio("Score", [*result.named, *METRICS], horizontal=True, key="hist_metric",
+                  help="\n\n".join(f"{name}: {spec.describe()}" for name, spec in result.named.items())
                   + "\n\nThe default was chosen on proxy OOD sets; reconstruction and features are its two terms alone; "
                     "multi-t is the z-mean of MSE and LPIPS over t = 500-900 (Graham et al., CVPR-W 2023). The others: one metric at one t, one noise draw.")
-if metric in result.detectors:
-    table = result.detector_scores(metric)
+if metric in result.named:
+    table = result.score_frame(metric)
     label = f"{metric} score"
 else:
     single = scores[scores["draw"] == 0]
@@ -55,4 +55,4 @@ c3.metric("OOD detected", f"{1 - ood_ok:.1%}")
 st.caption(f"The starting threshold {default_thr:.4f} accepts {tpr():.1%} of the {len(val_s)} ID validation images "
            f"(the sidebar's TPR). "
            f"{len(id_s)} ID test and {len(ood_s)} OOD images; {sampler_name(cfg.sampler, cfg.steps)} sampler, seed {cfg.seed}."
-           + (f" The {metric} score: {result.detectors[metric].describe()}." if metric in result.detectors else ""))
+           + (f" The {metric} score: {result.named[metric].describe()}." if metric in result.named else ""))

@@ -6,8 +6,9 @@ from dataclasses import replace
 import plotly.graph_objects as go
 import streamlit as st
 
-from diffood.evaluate import COMBINED, DEFAULT, FEATURE_CURVE_TS, FEATURES, MULTI_T, RECONSTRUCTION
+from diffood.evaluate import FEATURE_CURVE_TS
 from diffood.metrics import POSITIVE_CLASS, roc_curve
+from diffood.scores import DEFAULT, FEATURES, MULTI_T, RECONSTRUCTION
 from diffood.scoring import METRICS
 from pages.common import checkpoint, evaluated_tables, evaluation, through_app
 
@@ -27,11 +28,11 @@ def calls(n) -> str:
     return f"{int(n)} call{'s' * (int(n) != 1)}"
 
 
-named = [name for name in (DEFAULT, RECONSTRUCTION, FEATURES, COMBINED, MULTI_T) if name in combined.index]
+named = [name for name in result.named if name in combined.index]  # every score the evaluation names
 cards = st.columns(len(named) + 1)
 for col, name in zip(cards, named):
     row = combined.loc[name]
-    col.metric(f"{name} · AUROC", f"{row['auroc']:.3f}", help=f"{name} score: {result.detectors[name].describe()}",
+    col.metric(f"{name} · AUROC", f"{row['auroc']:.3f}", help=f"{name} score: {result.named[name].describe()}",
                delta=f"FPR95 {row['fpr95']:.3f} · {calls(row['calls'])}", delta_color="off", delta_arrow="off")
 if best is not None:
     cards[-1].metric(f"{best['metric']}, t = {int(best['t'])} · AUROC", f"{best['auroc']:.3f}", delta_color="off",
@@ -70,13 +71,13 @@ for name, dash in ((DEFAULT, "solid"), (MULTI_T, "dash")):
 fig.update_layout(title="FPR at 95 % TPR vs t (lower is better)", xaxis_title="t", yaxis_title="FPR95", yaxis_range=[0, 1.02])
 st.plotly_chart(fig, config=png)
 
-knn = next((d.knn for d in result.detectors.values() if d.knn), None)
+knn = result.features
 if knn is not None:
     st.subheader("The feature score against its noise level")
     curve = evaluation(replace(cfg, feature_ts=FEATURE_CURVE_TS), button="Compute the feature curve")
     if curve is not None:
         rows = curve.summary[(curve.summary["metric"] == knn.metric) & (curve.summary["ood"] == ood)].sort_values("t")
-        chosen = rows[rows["t"] == knn.spec.t]
+        chosen = rows[rows["t"] == knn.t]
         fig = go.Figure()
         for rate, name, line in (("auroc", "AUROC", "#f0a43a"), ("fpr95", "FPR95", "#4c9be8")):
             fig.add_scatter(x=rows["t"], y=rows[rate], mode="lines+markers", name=name, line_color=line)
@@ -84,13 +85,13 @@ if knn is not None:
                             marker=dict(symbol="star", size=16, color=line))
         feature = combined.loc[FEATURES if FEATURES in combined.index else DEFAULT]
         if knn.draws > 1:  # the curve is one draw per t_f; the feature term averages several at its own
-            fig.add_scatter(x=[knn.spec.t], y=[feature["auroc"]], mode="markers", name=f"{knn.draws} draws: AUROC",
+            fig.add_scatter(x=[knn.t], y=[feature["auroc"]], mode="markers", name=f"{knn.draws} draws: AUROC",
                             marker=dict(symbol="diamond", size=12, color="#f0a43a"))
-        fig.add_vline(x=knn.spec.t, line_dash="dash", annotation_text=f"chosen t_f = {knn.spec.t}")
+        fig.add_vline(x=knn.t, line_dash="dash", annotation_text=f"chosen t_f = {knn.t}")
         fig.update_layout(title=f"Feature score vs t_f: {checkpoint().data.label} vs {ood}", xaxis_title="t_f",
                           xaxis_type="log", yaxis_range=[0, 1.02])
         st.plotly_chart(fig, config=png)
-        one = replace(knn, draws=1).describe().replace(f"t = {knn.spec.t}", "t = t_f")
+        one = replace(knn, draws=1).describe().replace(f"t = {knn.t}", "t = t_f")
         st.caption(f"One network call per image at each t_f: {one}, with a bank of the same training images embedded "
                    f"at that t_f. The star is the chosen t_f" + (
                        ", where the AUROC is the feature term's." if knn.draws == 1 else
@@ -101,16 +102,16 @@ st.subheader("ROC curves")
 c1, c2 = st.columns(2)
 single = scores[scores["draw"] == 0]
 ts = sorted(single["t"].unique())
-options = [*result.detectors, *metrics]
-chosen_m = c1.multiselect("Scores", options, default=[*(n for n in (DEFAULT, RECONSTRUCTION, MULTI_T) if n in result.detectors),
+options = [*result.named, *metrics]
+chosen_m = c1.multiselect("Scores", options, default=[*(n for n in (DEFAULT, RECONSTRUCTION, MULTI_T) if n in result.named),
                                                      best["metric"] if best is not None else "mse"],
                           key="roc_metrics")
 best_t = int(best["t"]) if best is not None else ts[-1]
 chosen_t = c2.multiselect("t (for single-t scores)", ts, default=[best_t], key="roc_ts")
 fig = go.Figure()
 for m in chosen_m:
-    if m in result.detectors:
-        s = result.detector_scores(m, ["role"])
+    if m in result.named:
+        s = result.score_frame(m, ["role"])
         curves = [(m, s.loc[s["role"] == "id", "score"], s.loc[s["role"] == "ood", "score"])]
     else:
         curves = [(f"{m}, t={t}", single.loc[(single["role"] == "id") & (single["t"] == t), m],

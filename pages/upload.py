@@ -13,11 +13,11 @@ from PIL import Image
 from diffood.datasets import fetch, resolve_data_dir
 from diffood.diffusion import noise_for, reconstruct
 from diffood.errors import DiffoodError
-from diffood.evaluate import RECONSTRUCTION
 from diffood.featuremap import embed_upload
 from diffood.features import FeatureBank, bank_images
 from diffood.images import to_pixels
 from diffood.inputs import Entry, expand
+from diffood.scores import RECONSTRUCTION
 from diffood.sets import load_images, load_user_image
 from diffood.verdict import Reference, judge, judge_entries
 from pages.common import (
@@ -86,7 +86,7 @@ def neighbour_images(fingerprint: str, indices: tuple[int, ...], _bank: FeatureB
 
 def nearest_images(verdict, reference: Reference) -> None:
     """The feature term's evidence: the nearest ID training images and their distances."""
-    bank, knn = reference.bank, reference.detector.knn
+    bank, knn = reference.bank, reference.features
     st.markdown("**Its nearest ID training images in the model's own feature space**")
     near = verdict.neighbours
     images, reason = neighbour_images(bank.fingerprint(), tuple(int(i) for i in near["bank_index"]), bank, data)
@@ -109,7 +109,7 @@ def nearest_images(verdict, reference: Reference) -> None:
                     return
             neighbour_images.clear()
             st.rerun()
-    val = reference.val[reference.val["t"] == knn.spec.t].groupby("index")["knn1"].mean()
+    val = reference.val[reference.val["t"] == knn.t].groupby("index")["knn1"].mean()
     st.caption(f"Cosine distance between {bank.spec.describe()} (first noise draw); the bank holds {bank.describe()}. "
                f"This image's nearest distance, averaged over {knn.draws} draw{'s' * (knn.draws > 1)}: "
                f"{verdict.nearest_distance:.4f}; ID validation images: median {val.median():.4f}, 95th percentile "
@@ -183,15 +183,15 @@ settings = (str(ckpt.path), ckpt.key, s["sampler"], int(s["steps"]), int(s["seed
 
 if len(entries) == 1:
     entry = entries[0]
-    evidence_ref = Reference.from_result(result, RECONSTRUCTION, tpr()) if RECONSTRUCTION in result.detectors else reference
-    shown, recons, verdict, evidence = score_one(entry.data, invert, *settings, (reference.detector, reference.threshold,
-                                                                                 evidence_ref.detector), reference, evidence_ref)
+    evidence_ref = Reference.from_result(result, RECONSTRUCTION, tpr()) if RECONSTRUCTION in result.named else reference
+    shown, recons, verdict, evidence = score_one(entry.data, invert, *settings, (reference.spec, reference.threshold,
+                                                                                 evidence_ref.spec), reference, evidence_ref)
     text = (f"**{verdict.label[0].upper() + verdict.label[1:]}**: score {verdict.score:+.2f} is "
             f"{'above' if verdict.is_ood else 'at or below'} the threshold {verdict.threshold:+.2f}; "
             f"higher than {verdict.percentile:.1f} % of ID validation images.")
     (st.error if verdict.is_ood else st.success)(text)
     st.caption(f"The threshold accepts {reference.tpr:.1%} of the {len(reference.val_scores)} {data.label} validation "
-               f"images (the TPR set in the sidebar). Score: {reference.detector.describe()}.")
+               f"images (the TPR set in the sidebar). Score: {reference.spec.describe()}.")
     left, right = st.columns([3, 2])
     with right:
         st.plotly_chart(id_histogram(reference, {"this image": verdict.score}, "Where this image lands among ID images"))
@@ -210,7 +210,7 @@ if len(entries) == 1:
     st.stop()
 
 digest = hashlib.sha256(b"".join(hashlib.sha256(e.name.encode() + (e.data or b"")).digest() for e in entries)
-                        + repr((invert, settings, reference.detector, reference.threshold)).encode()).hexdigest()
+                        + repr((invert, settings, reference.spec, reference.threshold)).encode()).hexdigest()
 if s.get("batch_digest") != digest:
     bar = st.progress(0.0, text=f"Scoring {len(entries)} files…")
     table = judge_entries(entries, ckpt, reference, lpips_net(), invert,
@@ -233,4 +233,4 @@ if len(bad):
 if len(scored):
     st.plotly_chart(id_histogram(reference, dict(zip(scored["file"], scored["score"])), "Where these images land among ID images"))
 st.caption(f"The threshold {reference.threshold:+.3f} accepts {reference.tpr:.1%} of the {len(reference.val_scores)} "
-           f"{data.label} validation images. Score: {reference.detector.describe()}.")
+           f"{data.label} validation images. Score: {reference.spec.describe()}.")

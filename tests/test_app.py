@@ -21,7 +21,6 @@ def make_app(checkpoint):
     at.session_state["eval_n"] = 100
     at.session_state["eval_ts"] = [100, 600]
     at.session_state["multi_ts"] = [100, 600]
-    at.session_state["draws"] = 2
     return at.run()
 
 

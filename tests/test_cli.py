@@ -52,7 +52,15 @@ def test_score_prints_a_verdict_per_file_and_an_error_for_bad_ones(tiny_checkpoi
     code = main(["score", "--checkpoint", str(tiny_checkpoint), "--steps", "2", str(good), str(bad)])
     out = capsys.readouterr().out
     assert code == 1
-    assert "shirt.png: looks in-distribution" in out or "shirt.png: likely OOD" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith(f"{good}: "))
+    score = float(line.split("score ")[1].split(" ")[0])
+    threshold = float(out.split("threshold ")[1].split(" ")[0])
+    assert line.startswith(f"{good}: {'likely OOD' if score > threshold else 'looks in-distribution'}: score ")
+    import diffood
+
+    # the printed score is the API's on the same file, with the same reference
+    api = diffood.load(tiny_checkpoint, device="cpu", steps=2).score([str(good)])
+    assert api.loc[0, "score"] == pytest.approx(score, abs=0.006) and api.loc[0, "threshold"] == pytest.approx(threshold, abs=6e-4)
     assert "notes.txt: error: not a readable image" in out
 
 

@@ -22,9 +22,9 @@ def images(n=4, seed=0):
 
 def test_noising_at_zero_is_identity_and_at_the_end_nearly_pure_noise():
     x0 = images(64)
-    assert torch.equal(add_noise(x0, 0, sched, torch.Generator().manual_seed(0)), x0)
+    assert torch.equal(add_noise(x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)), 0, sched), x0)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
-    xt = add_noise(x0, 999, sched, noise=noise)
+    xt = add_noise(x0, noise, 999, sched)
     assert alpha_bars(sched)[999] < 1e-4
     assert torch.corrcoef(torch.stack([xt.flatten(), x0.flatten()]))[0, 1].abs() < 0.02
     assert (xt - noise).abs().max() < 0.02
@@ -33,7 +33,7 @@ def test_noising_at_zero_is_identity_and_at_the_end_nearly_pure_noise():
 def test_noising_matches_diffusers_one_step_shifted():
     x0, noise = images(3), torch.randn(3, 1, 28, 28)
     t = torch.tensor([1, 250, 1000])
-    assert torch.allclose(add_noise(x0, t, sched, noise=noise), sched.add_noise(x0, noise, t - 1), atol=1e-6)
+    assert torch.allclose(add_noise(x0, noise, t, sched), sched.add_noise(x0, noise, t - 1), atol=1e-6)
 
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
@@ -101,7 +101,7 @@ def test_one_chain_step_is_the_closed_form_posterior_mean(tiny_unet):
     t = 137
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
     _, ours = reconstruct(tiny_unet, x0, 1, sched, "chain", noise=noise)  # t=1: exactly one step
-    xt = add_noise(x0, 1, sched, noise=noise)
+    xt = add_noise(x0, noise, 1, sched)
     beta1 = sched.betas[0]  # our t=1 is diffusers' timestep 0, where abar = 1 - beta
     eps = tiny_unet(xt, torch.zeros(4, dtype=torch.long)).sample
     x0_hat = ((xt - (beta1).sqrt() * eps) / (1 - beta1).sqrt()).clamp(-1, 1)
@@ -110,7 +110,7 @@ def test_one_chain_step_is_the_closed_form_posterior_mean(tiny_unet):
     # and a step in the middle, against Ho et al.'s eq. 7 written out with betas
     abar = torch.cumprod(1 - sched.betas, 0)
     a_t, a_prev, beta = abar[t - 1], abar[t - 2], sched.betas[t - 1]
-    xt = add_noise(x0, t, sched, noise=noise)
+    xt = add_noise(x0, noise, t, sched)
     eps = tiny_unet(xt, torch.full((4,), t - 1)).sample
     x0_hat = ((xt - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
     by_hand = a_prev.sqrt() * beta / (1 - a_t) * x0_hat + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * xt
@@ -179,10 +179,10 @@ def test_every_schedule_and_prediction_type_noises_and_steps_as_diffusers_does(b
                            clip_sample=True)
     x0, noise, out = images(3), torch.randn(3, 1, 28, 28), torch.randn(3, 1, 28, 28) * 0.5
     t = torch.tensor([1, 300, 900])
-    assert torch.allclose(add_noise(x0, t, ours, noise=noise), theirs.add_noise(x0, noise, t - 1), atol=1e-6)
+    assert torch.allclose(add_noise(x0, noise, t, ours), theirs.add_noise(x0, noise, t - 1), atol=1e-6)
     abars = alpha_bars(ours)
     for step in (1, 300, 900):
-        x = add_noise(x0[:1], step, ours, noise=noise[:1])
+        x = add_noise(x0[:1], noise[:1], step, ours)
         mean = posterior_mean(x, _eps(_Fixed(out[:1]), x, step, abars, prediction), step, abars)
         g = torch.Generator().manual_seed(step)
         stepped = theirs.step(out[:1], step - 1, x, generator=g)
@@ -196,6 +196,48 @@ def test_an_unknown_schedule_or_prediction_type_is_refused_in_one_line():
         make_scheduler(beta_schedule="sigmoid")
     with pytest.raises(ValueError, match="prediction type 'sample' is not supported"):
         make_scheduler(prediction_type="sample")
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_ddim_ddpm_and_plms_step_as_diffusers_schedulers_do_on_a_linear_schedule(tiny_unet, prediction):
+    """Each sampler against diffusers' own scheduler reading the model's output natively (epsilon or v): the
+    same x_t, the same steps, the same generator for DDPM's noise."""
+    from diffusers import DDPMScheduler, PNDMScheduler
+
+    sched = make_scheduler(1000, "linear", prediction)
+    x0, noise = images(2), torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    t = 60
+    out = lambda x, k: tiny_unet(x, torch.full((len(x),), k)).sample  # noqa: E731
+    with torch.no_grad():
+        xt, ours = reconstruct(tiny_unet, x0, t, sched, "ddim", 3, noise=noise)
+        ddim = DDIMScheduler.from_config(sched.config, set_alpha_to_one=True)
+        ddim.set_timesteps(50)  # stride 20: t = 60, 40, 20 are diffusers' 59, 39, 19
+        x = xt.clone()
+        for k in (59, 39, 19):
+            x = ddim.step(out(x, k), k, x, eta=0.0).prev_sample
+        assert torch.allclose(ours, x, atol=1e-4), "ddim"
+
+        _, ours = reconstruct(tiny_unet, x0, t, sched, "ddpm", noise=noise, generator=torch.Generator().manual_seed(5))
+        ddpm = DDPMScheduler.from_config(sched.config)
+        ddpm.set_timesteps(timesteps=list(range(t - 1, -1, -1)))
+        x, g = xt.clone(), torch.Generator().manual_seed(5)
+        for k in ddpm.timesteps.tolist():
+            x = ddpm.step(out(x, k), k, x, generator=g).prev_sample
+        assert torch.allclose(ours, x, atol=1e-4), "ddpm"
+
+        _, ours = reconstruct(tiny_unet, x0, t, sched, "plms", noise=noise)
+        plms = PNDMScheduler.from_config(sched.config, skip_prk_steps=True, set_alpha_to_one=True)
+        plms.set_timesteps(100)
+        grid = list(range(t - 1, -1, -10))
+        x = xt.clone()
+        for k in grid[:1] + grid[1:2] + grid[1:]:  # diffusers' PLMS warm-up repeats its second step
+            x = plms.step(out(x, k), k, x).prev_sample
+        if prediction == "epsilon":
+            assert torch.allclose(ours, x.clamp(-1, 1), atol=1e-4), "plms"
+        else:  # PLMS extrapolates the noise predictions: ours turns each v into its noise at its own x_t and t
+            # before combining them; diffusers combines the v's, then converts with the latest x_t only
+            assert (ours - x.clamp(-1, 1)).abs().max() < 0.02, "plms"
+    assert not torch.allclose(ours, xt, atol=1e-2)  # the samplers did move the image
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])

@@ -56,7 +56,7 @@ def test_bank_score_and_evaluate_under_torchrun_equal_one_process(setup, tiny_ch
         out = _run(["score", *common, str(ckpt), "--steps", "2", str(folder), "--out", str(tmp_path / f"score{nproc}.csv")],
                    run_env, nproc, rc=1).stdout  # 1: broken.png could not be scored
         _run(["evaluate", *common, str(ckpt), "--steps", "2", "--images", "40", "--n-val", "30", "--timesteps", "300", "700",
-              "--detector-t", "700", "--draws", "3", "--knn-draws", "2", "--batch-size", "32", "--ood", "mnist", "uniform",
+              "--score", "reconstruction(ts=700, draws=3)", "--methods", "features(draws=2)", "--batch-size", "32", "--ood", "mnist", "uniform",
               "--out", str(tmp_path / f"eval{nproc}")], run_env, nproc)
         tables = {p.name.split(".")[0][-4:]: pd.read_csv(gzip.open(p)) for p in (tmp_path / f"cache{nproc}").glob("*.csv.gz")}
         results[nproc] = (load_file(ckpt / BANK_NAME)["embeddings"], pd.read_csv(tmp_path / f"score{nproc}.csv"), pd.read_csv(tmp_path / f"eval{nproc}_scores.csv"),

@@ -7,7 +7,9 @@ import pytest
 
 from diffood import inputs
 from diffood.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS
-from diffood.evaluate import DEFAULT_KNN, DEFAULT_MULTI_TS, RECONSTRUCTION_DETECTOR
+from diffood.evaluate import DEFAULT_MULTI_TS
+from diffood.model import SHIPPED_MODELS, load_checkpoint
+from diffood.scores import Pick
 from diffood.images import MAX_UPLOAD_PIXELS
 from diffood.verdict import TARGET_TPR
 from tests.conftest import ROOT
@@ -38,9 +40,10 @@ def test_the_defaults_the_docs_name_are_the_codes():
     method, data, dashboard = (" ".join(DOCS[name].split()) for name in ("method.md", "data.md", "dashboard.md"))
     assert f"`{DEFAULT_SAMPLER}` (default, {DEFAULT_STEPS} steps)" in method
     assert "over *t* = " + ", ".join(map(str, DEFAULT_MULTI_TS[:-1])) + f", {DEFAULT_MULTI_TS[-1]}" in method
-    (t,), draws = RECONSTRUCTION_DETECTOR.ts, RECONSTRUCTION_DETECTOR.draws
+    pick = Pick.of(load_checkpoint(SHIPPED_MODELS["fashionmnist"]))  # the default model's recorded pick
+    (t,), draws = pick.reconstruction.ts, pick.reconstruction.draws
     assert f"MSE at *t* = {t} averaged over {draws} independent noise draws" in method
-    assert f"*t*_f = {DEFAULT_KNN.spec.t}" in method and f"`{DEFAULT_KNN.spec.layer}`" in method
+    assert f"*t*_f = {pick.features.t}" in method and f"`{pick.features.layer}`" in method
     assert f"{TARGET_TPR:.0%}".replace("%", " %") in method
     scan = inputs.SCAN
     claim = f"{scan.entries:,} entries looked at, {scan.depth} levels, {scan.seconds:.0f} s"
@@ -54,8 +57,6 @@ def test_the_defaults_the_docs_name_are_the_codes():
 @pytest.mark.parametrize("name", ["fashionmnist", "mnist"])
 def test_the_readme_results_are_the_shipped_summaries(name):
     import pandas as pd
-
-    from diffood.model import SHIPPED_MODELS
 
     summary = pd.read_csv(SHIPPED_MODELS[name] / "evals" / "summary.csv")
     default = summary[summary["metric"] == "default"].set_index("ood")["auroc"]

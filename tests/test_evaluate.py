@@ -9,9 +9,8 @@ import torch
 
 from diffood import evaluate as ev
 from diffood.diffusion import make_scheduler, noise_for
+from diffood import store
 from diffood.evaluate import (
-    DEFAULT,
-    MULTI_T,
     SCORE_COLUMNS,
     SUMMARY_COLUMNS,
     CacheWarning,
@@ -19,19 +18,21 @@ from diffood.evaluate import (
     combined_ts,
     evaluate,
     pending_images,
-    summarize,
 )
 from diffood.images import to_model_input
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint
 from diffood.perceptual import get_lpips
-from diffood.scoring import METRICS, Detector, score_images
+from diffood.scores import DEFAULT, MULTI_T, Reconstruction
+from diffood.scores.base import zmean_frame
+from diffood.scoring import METRICS, score_images
 from diffood.sets import load_images
+from diffood.summary import summarize
 from diffood.verdict import Reference, judge
 from tests.conftest import needs_data
 
 
 def _cfg(ckpt, **kw):
-    kw = {"ts": (50, 400), "detector_ts": (400,), "draws": 2, "batch_size": 8, "precision": "fp32", **kw}
+    kw = {"ts": (50, 400), "score": Reconstruction((400,), 2), "batch_size": 8, "precision": "fp32", **kw}
     return EvalConfig(checkpoint=str(ckpt), n=12, n_val=10, steps=2, **kw)
 
 
@@ -75,7 +76,7 @@ def test_the_cache_returns_the_same_table_without_recomputing(tiny_checkpoint, m
 @needs_data
 def test_recompute_reads_no_table(tiny_checkpoint, monkeypatch):
     evaluate(_cfg(tiny_checkpoint))
-    monkeypatch.setattr(ev, "_read_cached", lambda paths, columns: pytest.fail(f"read {paths}"))
+    monkeypatch.setattr(store, "_read_cached", lambda paths, columns: pytest.fail(f"read {paths}"))
     again = evaluate(_cfg(tiny_checkpoint, recompute=True))
     assert len(again.computed) == 3 * 2  # every (set, t)
 
@@ -83,11 +84,12 @@ def test_recompute_reads_no_table(tiny_checkpoint, monkeypatch):
 @needs_data
 def test_more_t_or_draws_compute_only_what_is_missing_and_match_a_fresh_run(tiny_checkpoint, tmp_path):
     evaluate(_cfg(tiny_checkpoint))
-    more = evaluate(_cfg(tiny_checkpoint, ts=(50, 400, 700), draws=3))
-    assert set((s, t) for _, s, t in more.computed) == {(s, t) for s in ("fashionmnist", "mnist") for t in (400, 700)}
+    more = evaluate(_cfg(tiny_checkpoint, ts=(50, 400, 700), score=Reconstruction((400,), 3)))
+    assert {(p.dataset, p.t) for p in more.computed} == {(s, t) for s in ("fashionmnist", "mnist") for t in (400, 700)}
     assert pending_images(more.config, load_checkpoint(tiny_checkpoint)) == 0
     assert len(more.scores) == (10 + 12 + 12) * 5
-    fresh = evaluate(_cfg(tiny_checkpoint, ts=(50, 400, 700), draws=3, cache_dir=str(tmp_path), batch_size=5))
+    fresh = evaluate(_cfg(tiny_checkpoint, ts=(50, 400, 700), score=Reconstruction((400,), 3), cache_dir=str(tmp_path),
+                          batch_size=5))
     pd.testing.assert_frame_equal(_sorted(more.scores), _sorted(fresh.scores), check_dtype=False, rtol=1e-4)
 
 
@@ -132,22 +134,24 @@ def _toy_scores():
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
-def test_a_detector_z_scores_the_draw_averaged_errors_and_averages_over_t_and_metrics():
+def test_a_reconstruction_score_z_scores_the_draw_averaged_errors_and_averages_over_t_and_metrics():
     scores = _toy_scores()
     val = scores[scores["role"] == "id_val"]
-    det = Detector((100, 200), draws=2, metrics=("mse", "lpips"))
+    det = Reconstruction((100, 200), draws=2, metrics=("mse", "lpips"))
     avg = lambda df: df.groupby(["index", "t"])[["mse", "lpips"]].mean().reset_index()  # noqa: E731
     ref = avg(val).groupby("t")
     one = avg(scores[(scores["role"] == "ood") & (scores["index"] == 7)])
     by_hand = np.mean([(r[m] - ref[m].mean()[r["t"]]) / ref[m].std()[r["t"]] for _, r in one.iterrows() for m in ("mse", "lpips")])
-    got = det.scores(scores[scores["role"] == "ood"], val)
+    table = lambda df: {"reconstruction": df}  # noqa: E731
+    got = zmean_frame(det, table(scores[scores["role"] == "ood"]), table(val), [])
     assert got.loc[got["index"] == 7, "score"].item() == pytest.approx(by_hand)
     # one draw is Graham et al.'s multi-t: the first draw's errors only
-    first = Detector((100, 200), 1, ("mse", "lpips")).scores(scores[scores["role"] == "ood"], val)
+    first = zmean_frame(Reconstruction((100, 200), 1, ("mse", "lpips")), table(scores[scores["role"] == "ood"]),
+                        table(val), [])
     assert first.loc[first["index"] == 7, "score"].item() != pytest.approx(by_hand)
     with pytest.raises(ValueError, match="lacks"):
-        Detector((100, 300), 1).scores(scores, val)
-    summary = summarize(scores, {DEFAULT: det})
+        zmean_frame(Reconstruction((100, 300), 1), table(scores), table(val), [])
+    summary = summarize(table(scores), {DEFAULT: det})
     assert summary.loc[summary["metric"] == DEFAULT, "auroc"].item() > 0.95
 
 
@@ -163,8 +167,11 @@ def test_verdicts_place_images_against_id_validation(tiny_checkpoint):
     verdicts = judge(x, load_checkpoint(tiny_checkpoint, precision="fp32"), ref, lpips=get_lpips())
     # the first validation images score exactly as in the table, so their percentile is known
     assert verdicts[0].score == pytest.approx(ref.val_scores[0], abs=1e-4)
-    assert verdicts[0].label in ("looks in-distribution", "likely OOD")
-    assert "threshold" in verdicts[0].describe()
+    for v in verdicts:  # each verdict is the side of the threshold its score is on, its percentile its rank
+        assert v.is_ood == (v.score > ref.threshold) and v.label == ("likely OOD" if v.is_ood else "looks in-distribution")
+        assert v.percentile == pytest.approx(100 * np.mean(ref.val_scores < v.score), abs=1e-9)
+    assert verdicts[0].percentile == pytest.approx(100 * np.mean(ref.val_scores < ref.val_scores[0]), abs=1e-9)
+    assert f"{ref.threshold:+.3f}" in verdicts[0].describe()
     assert list(verdicts[0].per_t["t"]) == [400]
 
 
@@ -178,7 +185,8 @@ def test_the_cache_key_follows_steps_only_for_the_samplers_that_take_them():
     key = lambda **kw: EvalConfig(**kw).cache_key("sha", True)  # noqa: E731
     assert key(sampler="strided", steps=10) != key(sampler="strided", steps=20) != key(sampler="ddim", steps=20)
     assert key(sampler="chain", steps=10) == key(sampler="chain", steps=20)
-    assert key(draws=1) == key(draws=5) == key(precision="bf16")  # tables hold every draw; precision: docs/performance.md
+    assert key(score="reconstruction(draws=1)") == key(score="reconstruction(draws=5)") == key(precision="bf16")
+    # tables hold every draw; precision: docs/performance.md
 
 
 @needs_data
@@ -207,7 +215,7 @@ def _evaluate_in_child(ckpt, cache_dir, data_dir, queue):
     import os
 
     os.environ["DIFFOOD_DATA_DIR"] = data_dir
-    r = evaluate(EvalConfig(checkpoint=ckpt, ts=(50, 400), detector_ts=(400,), draws=2, n=40, n_val=40, steps=4,
+    r = evaluate(EvalConfig(checkpoint=ckpt, ts=(50, 400), score=Reconstruction((400,), 2), n=40, n_val=40, steps=4,
                             batch_size=8, cache_dir=cache_dir))
     queue.put(len(r.computed))
 
@@ -233,7 +241,7 @@ def test_two_processes_asking_for_one_table_compute_it_once(tiny_checkpoint, tmp
 def test_one_draw_reproduces_the_shipped_table():
     """draws = 1 is the one-draw computation: the shipped strided-10 table's values come back (fp32)."""
     ckpt = load_checkpoint(DEFAULT_CHECKPOINT, precision="fp32")
-    shipped = ev._read_cached([DEFAULT_CHECKPOINT / "evals" / "0dc49a0fd9d3b2813201.csv.gz"], ev.SCORE_COLUMNS)[0]
+    shipped = store._read_cached([DEFAULT_CHECKPOINT / "evals" / "0dc49a0fd9d3b2813201.csv.gz"], ev.SCORE_COLUMNS)[0]
     assert (shipped["draw"] == 0).all()
     x0 = to_model_input(load_images("mnist", "test", 1000, 0))
     ours = score_images(ckpt.model, x0[:16], [700], make_scheduler(), "strided", 10, 0, get_lpips(), draws=[0])
@@ -241,7 +249,8 @@ def test_one_draw_reproduces_the_shipped_table():
     # noise for image i does not depend on how many images share the draw, so the first 16 match
     np.testing.assert_allclose(ours["mse"], theirs["mse"], rtol=2e-4)
     np.testing.assert_allclose(ours["lpips"], theirs["lpips"], rtol=2e-4, atol=1e-6)
-    summary = summarize(shipped, {MULTI_T: Detector((500, 600, 700, 800, 900), 1, ("mse", "lpips"))}, "strided", 10)
+    summary = summarize({"reconstruction": shipped}, {MULTI_T: Reconstruction((500, 600, 700, 800, 900), 1, ("mse", "lpips"))},
+                        "strided", 10)
     multi = summary.set_index("metric").loc[MULTI_T]
     assert multi["auroc"] == pytest.approx(0.960, abs=5e-4)  # the shipped figure for multi-t
 
@@ -253,7 +262,7 @@ def test_the_shipped_default_figure_comes_back_from_nothing(tmp_path):
     cached table: the data layer, preprocessing and checkpoint record must leave it as it was."""
     shipped = pd.read_csv(DEFAULT_CHECKPOINT / "evals" / "summary.csv")
     want = shipped[(shipped["ood"] == "mnist") & (shipped["metric"] == DEFAULT)].iloc[0]
-    cfg = EvalConfig(ood=("mnist",), ts=(700,), multi_ts=None, draws=1, detector_ts=(700,), lpips=False,
+    cfg = EvalConfig(ood=("mnist",), ts=(700,), multi_ts=None, lpips=False,
                      recompute=True, cache_dir=str(tmp_path), device="cpu")
     result = evaluate(cfg)
     got = result.summary[(result.summary["ood"] == "mnist") & (result.summary["metric"] == DEFAULT)].iloc[0]

@@ -2,6 +2,7 @@
 detectors that combine them with reconstruction errors, and the selection protocol's feature candidates."""
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from diffood import cli
 from diffood.diffusion import noise_for
-from diffood.evaluate import COMBINED, DEFAULT, FEATURES, RECONSTRUCTION, EvalConfig, evaluate
+from diffood.evaluate import EvalConfig, evaluate
 from diffood.features import (
     BANK_NAME,
     LAYERS,
@@ -27,9 +28,10 @@ from diffood.features import (
 )
 from diffood.images import to_model_input
 from diffood.model import load_checkpoint
-from diffood.scoring import Detector, KnnTerm, feature_distances
-from diffood.select import SelectConfig, choose, detector_of, pick_record, score_candidates
-from diffood.sets import load_images
+from diffood.scores import COMBINED, DEFAULT, FEATURES, RECONSTRUCTION, Features, Pick, Reconstruction, ZMean
+from diffood.scoring import feature_distances
+from diffood.select import SelectConfig, choose, pick_record, score_candidates, spec_of
+from diffood.sets import load_images, load_user_image
 from diffood.verdict import Reference, judge, judge_entries
 from tests.conftest import needs_data
 
@@ -75,9 +77,9 @@ def test_a_bank_from_other_weights_or_settings_is_refused(ckpt_with_bank, tmp_pa
         load_bank(path, "0" * 64)
     bank = checkpoint_bank(ckpt_with_bank)
     with pytest.raises(BankError, match="asks for a bank of 64 images with mean-pooled up_blocks.0"):
-        bank.check(KnnTerm(FeatureSpec("up_blocks.0", 50), bank=64))
+        bank.check(Features("up_blocks.0", 50, "mean", bank=64))
     with pytest.raises(BankError, match="asks for a bank of 1,000"):
-        bank.check(KnnTerm(FeatureSpec("mid_block", 50), bank=1000))
+        bank.check(Features("mid_block", 50, "mean", bank=1000))
     # a bank whose embeddings do not fit the layer it names (down_blocks.0 has 8 channels here, not 16)
     meta = load_file(path)
     other = FeatureBank(FeatureSpec("down_blocks.0", 50), meta["embeddings"], ckpt_with_bank.sha256, bank.source)
@@ -92,7 +94,7 @@ def test_a_damaged_bank_gives_one_line_and_no_traceback(ckpt_with_bank, capsys):
     with pytest.raises(BankError, match="unreadable"):
         checkpoint_bank(ckpt_with_bank)
     rc = cli.main(["evaluate", "--checkpoint", str(ckpt_with_bank.path), "--n", "4", "--n-val", "4", "--ood", "uniform",
-                   "--t", "400", "--detector-t", "400", "--steps", "1", "--no-lpips", "--out", str(path.parent / "x")])
+                   "--t", "400", "--score", "both", "--steps", "1", "--no-lpips", "--out", str(path.parent / "x")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "Traceback" not in err
     assert err.count("\n") == 0 and err.startswith("error: feature bank") and "rebuild it" in err
@@ -101,16 +103,20 @@ def test_a_damaged_bank_gives_one_line_and_no_traceback(ckpt_with_bank, capsys):
         checkpoint_bank(ckpt_with_bank)
 
 
-def _reference(ckpt, **kw):
-    cfg = EvalConfig(checkpoint=str(ckpt.path), ood=(), ts=(400,), detector_ts=(400,), draws=2, steps=2, n_val=12,
-                     lpips=False, precision="fp32", **{"score": "both", **kw})
+RECON = Reconstruction((400,), 2)  # the tiny tests' reconstruction term
+TERM = Features("mid_block", 50, "mean", bank=64)  # the tiny bank's feature term
+
+
+def _reference(ckpt, score=None):
+    cfg = EvalConfig(checkpoint=str(ckpt.path), ood=(), ts=(400,), steps=2, n_val=12, lpips=False, precision="fp32",
+                     score=score or ZMean((RECON, TERM)))
     return Reference.from_result(evaluate(cfg, ckpt))
 
 
 @needs_data
 def test_the_feature_score_of_an_image_is_the_same_alone_in_a_batch_and_in_any_batch_size(ckpt_with_bank):
-    reference = _reference(ckpt_with_bank, knn_draws=2)
-    assert reference.detector.knn == KnnTerm(FeatureSpec("mid_block", 50), 1, 2, 64)
+    reference = _reference(ckpt_with_bank, ZMean((RECON, Features("mid_block", 50, "mean", draws=2, bank=64))))
+    assert reference.features == Features("mid_block", 50, "mean", 1, 2, 64)
     x = to_model_input(load_images("mnist", "test", 5, 0))
     alone = judge(x[2:3], ckpt_with_bank, reference, neighbours=5)[0]
     for batch_size in (2, 8):
@@ -126,14 +132,15 @@ def test_the_feature_score_of_an_image_is_the_same_alone_in_a_batch_and_in_any_b
 
 @needs_data
 def test_the_default_score_is_the_mean_of_the_z_scored_reconstruction_and_feature_terms(ckpt_with_bank):
-    r = evaluate(EvalConfig(checkpoint=str(ckpt_with_bank.path), ood=("mnist",), ts=(400,), detector_ts=(400,), draws=2,
-                            steps=2, n=10, n_val=12, lpips=False, precision="fp32", score="both"), ckpt_with_bank)
-    assert list(r.detectors) == [DEFAULT, RECONSTRUCTION, FEATURES, "multi-t"]
-    assert r.detectors[DEFAULT] == r.config.detectors(r.bank)[DEFAULT] and COMBINED not in r.detectors
+    r = evaluate(EvalConfig(checkpoint=str(ckpt_with_bank.path), ood=("mnist",), ts=(400,), steps=2, n=10, n_val=12,
+                            lpips=False, precision="fp32", score=ZMean((RECON, TERM))), ckpt_with_bank)
+    assert list(r.named) == [DEFAULT, RECONSTRUCTION, FEATURES, "multi-t"]
+    assert r.named[DEFAULT] == ZMean((RECON, TERM)) and COMBINED not in r.named
+    assert (r.named[RECONSTRUCTION], r.named[FEATURES]) == (RECON, TERM)  # the given score's terms
     assert {(50, 0), (400, 0), (400, 1)} == set(zip(r.scores["t"], r.scores["draw"]))
-    assert r.detectors[DEFAULT].calls("strided", 2) == 2 * 2 + 1
-    parts = [r.detector_scores(name, ["role"]).set_index(["role", "index"])["score"] for name in (RECONSTRUCTION, FEATURES)]
-    both = r.detector_scores(DEFAULT, ["role"]).set_index(["role", "index"])["score"]
+    assert r.named[DEFAULT].calls("strided", 2) == 2 * 2 + 1
+    parts = [r.score_frame(name, ["role"]).set_index(["role", "index"])["score"] for name in (RECONSTRUCTION, FEATURES)]
+    both = r.score_frame(DEFAULT, ["role"]).set_index(["role", "index"])["score"]
     pd.testing.assert_series_equal(both, (parts[0] + parts[1]) / 2, check_names=False)
     knn = r.scores[(r.scores["t"] == 50)]
     val = knn[knn["role"] == "id_val"]["knn1"]
@@ -142,17 +149,16 @@ def test_the_default_score_is_the_mean_of_the_z_scored_reconstruction_and_featur
     pd.testing.assert_series_equal(parts[1].loc["ood"], z, check_names=False, check_index_type=False, check_dtype=False,
                                    rtol=1e-5)
     # the feature table is cached apart: leaving features out does not touch the reconstruction table
-    plain = evaluate(EvalConfig(checkpoint=str(ckpt_with_bank.path), ood=("mnist",), ts=(400,), detector_ts=(400,),
-                                draws=2, steps=2, n=10, n_val=12, lpips=False, precision="fp32", score="reconstruction"),
-                     ckpt_with_bank)
-    assert not plain.computed and set(plain.detectors) == {DEFAULT, "multi-t"} and "knn1" not in plain.scores
+    plain = evaluate(EvalConfig(checkpoint=str(ckpt_with_bank.path), ood=("mnist",), ts=(400,), steps=2, n=10,
+                                n_val=12, lpips=False, precision="fp32", score=RECON), ckpt_with_bank)
+    assert not plain.computed and set(plain.named) == {DEFAULT, "multi-t"} and "knn1" not in plain.scores
 
 
 @needs_data
 def test_the_default_score_is_the_feature_term_alone_and_its_verdict_needs_one_call(ckpt_with_bank):
     reference = _reference(ckpt_with_bank, score="features")
-    assert reference.detector == Detector(knn=KnnTerm(FeatureSpec("mid_block", 50), 1, 1, 64))
-    assert reference.detector.calls("strided", 2) == 1
+    assert reference.spec == TERM  # the bank's settings, the pick's k and draws
+    assert reference.spec.calls("strided", 2) == 1
     calls = []
     hook = ckpt_with_bank.model.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])))
     try:
@@ -164,9 +170,9 @@ def test_the_default_score_is_the_feature_term_alone_and_its_verdict_needs_one_c
 
 @needs_data
 def test_without_a_bank_the_default_score_is_reconstruction_only_and_says_so(tiny_checkpoint):
-    r = evaluate(EvalConfig(checkpoint=str(tiny_checkpoint), ood=("uniform",), ts=(400,), detector_ts=(400,), steps=1,
+    r = evaluate(EvalConfig(checkpoint=str(tiny_checkpoint), ood=("uniform",), ts=(400,), steps=1,
                             n=6, n_val=6, lpips=False, precision="fp32"))
-    assert r.detectors[DEFAULT].knn is None and r.bank is None
+    assert r.named[DEFAULT] == Pick.of(load_checkpoint(tiny_checkpoint)).reconstruction and r.bank is None
     assert "no feature bank" in r.notes[0] and "diffood bank --checkpoint" in r.notes[0]
 
 
@@ -193,7 +199,11 @@ def test_batch_scoring_writes_the_nearest_distance(ckpt_with_bank):
     png = __import__("io").BytesIO()
     __import__("PIL.Image").Image.Image.save(__import__("PIL.Image").Image.new("L", (20, 20), 200), png, format="PNG")
     table = judge_entries([Entry("a.png", png.getvalue()), Entry("b.txt", b"nope")], ckpt_with_bank, reference)
-    assert table.loc[0, "nearest_id_distance"] >= 0 and np.isnan(table.loc[1, "nearest_id_distance"])
+    # the nearest distance is the image's own: its embedding to the nearest bank row, averaged over the draws
+    x = load_user_image(png.getvalue(), id=ckpt_with_bank.data)
+    d = feature_distances(ckpt_with_bank.model, x, reference.bank, range(reference.features.draws), shared_noise=True)
+    assert table.loc[0, "nearest_id_distance"] == pytest.approx(d["knn1"].mean(), abs=1e-6)
+    assert table.loc[0, "nearest_id_distance"] > 0 and np.isnan(table.loc[1, "nearest_id_distance"])
 
 
 @needs_data
@@ -209,10 +219,11 @@ def test_the_protocol_scores_feature_and_combined_candidates_within_the_call_bud
     assert len(feats) == 2 * 2 * 3 * 2 * 2  # t_f x layers x k x bank sizes x draws
     assert len(list((tmp_path / "embeddings").glob("*.safetensors"))) == 2 * (1 + 2 * 3)  # cached per set, t, draw
     best = choose(table)
-    det = detector_of(best)
+    det = spec_of(best)
     assert det.calls("strided", 2) == best["calls"]
-    combined = detector_of(table[table["kind"] == "combined"].iloc[0])
-    assert combined.ts == (400,) and combined.knn is not None
+    combined = spec_of(table[table["kind"] == "combined"].iloc[0])
+    assert isinstance(combined, ZMean) and [type(t) for t in combined.terms()] == [Reconstruction, Features]
+    assert combined.terms()[0].ts == (400,)
     assert score_candidates(cfg, ckpt_with_bank).equals(table)  # the cached embeddings give the same table
 
 
@@ -220,15 +231,14 @@ def test_the_rule_prefers_fewer_calls_then_the_smaller_bank():
     table = pd.DataFrame({"mean": [0.950, 0.949, 0.949, 0.940], "calls": [21, 21, 21, 1], "bank": [58000, 10000, 20000, 0],
                           "worst": [0.7, 0.6, 0.9, 0.9]})
     assert choose(table).name == 1
-    assert detector_of(pd.Series({"ts": "700", "draws": 4, "metrics": "mse", "layer": "mid_block", "feature_t": 50,
-                                  "pooling": "mean", "k": 5, "bank": 10000, "feature_draws": 1})) == Detector(
-        (700,), 4, ("mse",), KnnTerm(FeatureSpec("mid_block", 50), 5, 1, 10000))
+    assert spec_of(pd.Series({"ts": "700", "draws": 4, "metrics": "mse", "layer": "mid_block", "feature_t": 50,
+                              "pooling": "mean", "k": 5, "bank": 10000, "feature_draws": 1})) == ZMean(
+        (Reconstruction((700,), 4, ("mse",)), Features("mid_block", 50, "mean", 5, 1, 10000)))
 
 
 @needs_data
 def test_the_feature_curve_adds_t_f_rows_and_meets_the_default_at_the_banks_t(ckpt_with_bank, tmp_path):
-    cfg = EvalConfig(checkpoint=str(ckpt_with_bank.path), ood=("mnist",), ts=(400,), detector_ts=(400,), draws=1,
-                     steps=1, n=24, n_val=12, lpips=False, precision="fp32", feature_ts=(10, 50, 200),
+    cfg = EvalConfig(checkpoint=str(ckpt_with_bank.path), ood=("mnist",), ts=(400,), steps=1, n=24, n_val=12, lpips=False, precision="fp32", feature_ts=(10, 50, 200),
                      cache_dir=str(tmp_path))
     result = evaluate(cfg, ckpt_with_bank)
     curve = result.summary[result.summary["metric"] == "knn1"].set_index("t")
@@ -269,16 +279,18 @@ def test_select_records_its_pick_in_the_checkpoint_and_the_defaults_follow_it(ck
     assert "recorded the pick" in capsys.readouterr().out
     after = load_checkpoint(folder)
     assert after.sha256 == before.sha256  # the weights, and so every table, unchanged
-    pick = after.meta.score
+    pick = Pick.of(after)
     table = pd.read_csv(tmp_path / "sel.csv")
-    assert pick["candidates"] == len(table) and set(pick["proxies"]) == {"fashionmnist-vflip", "uniform"}
-    assert pick["mean"] == pytest.approx(table["mean"].max(), abs=0.002) and "fewest network calls" in pick["rule"]
-    assert pick["reconstruction"]["ts"] == [400] and pick["reconstruction"]["draws"] in (1, 2)
-    cfg = ev.for_checkpoint(EvalConfig(checkpoint=str(folder)), after)  # unset parts come from the pick
-    assert cfg.score == {"features": "features", "both": "both", "reconstruction": "reconstruction"}[pick["default"]["kind"]]
-    recon = pick["default"].get("reconstruction") or pick["reconstruction"]
-    assert (cfg.detector_ts, cfg.draws) == (tuple(recon["ts"]), recon["draws"])
-    assert ev.for_checkpoint(EvalConfig(draws=3), after).draws == 3  # what is set stays
+    assert pick.candidates == len(table) and set(pick.proxies) == {"fashionmnist-vflip", "uniform"}
+    assert pick.mean == pytest.approx(table["mean"].max(), abs=0.002) and "fewest network calls" in pick.rule
+    assert pick.reconstruction.ts == (400,) and pick.reconstruction.draws in (1, 2)
+    assert pick.default == spec_of(choose(table, pick.tolerance))
+    cfg, named, _, bank, notes = ev.plan(EvalConfig(checkpoint=str(folder)), after)  # unset, the score is the pick's
+    assert cfg.score == named[DEFAULT] == ev._on_bank(pick.default, replace(pick.bank_term, bank=bank.n))
+    if pick.features:  # the pick's bank holds 16 images, the one beside the weights 64: a note says to rebuild it
+        assert pick.features.bank == 16 and any("rebuild it" in n for n in notes)
+    given = Reconstruction((400,), 3)
+    assert ev.plan(EvalConfig(checkpoint=str(folder), score=given), after)[0].score == given  # what is set stays
     notes = {}
     for name, ckpt in (("before", before), ("after", after)):
         notes[name] = ev.evaluate(EvalConfig(checkpoint=str(folder), ood=(), ts=(400,), n_val=8, steps=1, lpips=False,
@@ -296,19 +308,18 @@ def test_each_shipped_model_records_the_pick_its_own_proxies_chose(name):
     from diffood.evaluate import pending_images
 
     ckpt = load_checkpoint(name, precision="fp32", device="cpu")
-    pick = ckpt.meta.score
+    pick = Pick.of(ckpt)
+    assert pick.own
     own = {f"{ckpt.data.name}-{p}" for p in ("vflip", "hflip", "invert", "shuffle")} | {"gaussian-noise", "uniform"}
-    assert set(pick["proxies"]) == own and ckpt.data.default_ood not in pick["proxies"]
+    assert set(pick.proxies) == own and ckpt.data.default_ood not in pick.proxies
     repo = Path(__file__).resolve().parents[1]
-    table = pd.concat([pd.read_csv(repo / s.split(" (")[0]) for s in pick["stages"].split(", ")], ignore_index=True)
+    table = pd.concat([pd.read_csv(repo / s.split(" (")[0]) for s in pick.stages.split(", ")], ignore_index=True)
     assert set(table.columns) >= own and not set(table.columns) & {"mnist", "fashionmnist"}
-    assert len(table) == pick["candidates"]
-    again = pick_record(table, SelectConfig(proxies=tuple(pick["proxies"]), tolerance=pick["tolerance"]))
-    assert {k: again[k] for k in ("default", "proxies", "mean", "worst")} == {
-        k: pick[k] for k in ("default", "proxies", "mean", "worst")}
-    bank, want = checkpoint_bank(ckpt), pick["default"].get("features")
+    assert len(table) == pick.candidates
+    again = Pick.from_record(pick_record(table, SelectConfig(proxies=tuple(pick.proxies), tolerance=pick.tolerance)))
+    assert (again.default, again.proxies, again.mean, again.worst) == (pick.default, pick.proxies, pick.mean, pick.worst)
+    bank, want = checkpoint_bank(ckpt), pick.features
     if want:
-        assert (bank.spec.layer, bank.spec.t, bank.spec.pooling, bank.n) == (want["layer"], want["t"], want["pooling"],
-                                                                            want["bank"])
+        assert (bank.spec.layer, bank.spec.t, bank.spec.pooling, bank.n) == (want.layer, want.t, want.pooling, want.bank)
     assert pending_images(EvalConfig(checkpoint=name), ckpt) == 0  # the default evaluation ships: nothing to compute
 

@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from diffood.cli import main
@@ -49,3 +50,20 @@ def test_fit_makes_a_ready_model_that_finds_its_data_and_resumes(tmp_path, monke
     assert main(args) == 0
     assert (out / "select.csv").stat().st_mtime_ns == selected and load_checkpoint(out).meta.score == pick
     assert os.path.isdir(out / "run")
+
+
+@pytest.mark.slow
+def test_fit_from_python_returns_a_loadable_checkpoint_and_reports_each_stage(tmp_path):
+    import diffood
+    from diffood.scores import Pick
+
+    data = write_shapes(tmp_path / "tiny", n_per_class=20, size=28)  # 40 images
+    lines = []
+    ckpt = diffood.fit(str(data), out=str(tmp_path / "m"), image_size=28, channels=3, max_steps=2,
+                       progress=lines.append)
+    assert [ln.split("]")[0] for ln in lines if ln.startswith("[")] == [f"[{i}/5" for i in range(1, 6)]
+    assert ckpt.meta.training["steps"] == 2 and Pick.of(ckpt).own
+    again = load_checkpoint(tmp_path / "m")
+    assert again.sha256 == ckpt.sha256 and (tmp_path / "m" / "feature_bank.safetensors").is_file()
+    scorer = diffood.load(tmp_path / "m", device="cpu")
+    assert scorer(torch.rand(3, 3, 28, 28)).shape == (3,)

@@ -43,7 +43,16 @@ def test_a_saved_pipeline_imports_and_scores_end_to_end(shapes, tmp_path, capsys
     assert main(["score", "--checkpoint", str(out), "--data-dir", str(shapes.parent), "--steps", "2", str(image),
                  "--out", str(table)]) == 0
     scored = pd.read_csv(table)
-    assert scored["error"].isna().all() and scored["score"].notna().all()
+    assert scored["error"].isna().all()
+    # the score is the imported model's, on its own schedule: the API on the same file agrees, and the verdict
+    # follows the threshold
+    import diffood
+
+    api = diffood.load(out, device="cpu", steps=2, data_dir=str(shapes.parent)).score([str(image)])
+    assert scored.loc[0, "score"] == pytest.approx(api.loc[0, "score"], abs=1e-5)
+    assert scored.loc[0, "verdict"] == ("likely OOD" if scored.loc[0, "score"] > scored.loc[0, "threshold"]
+                                        else "looks in-distribution")
+    assert np.isfinite(scored.loc[0, "score"]) and 0 <= scored.loc[0, "percentile"] <= 100
 
 
 def test_an_unsupported_prediction_type_or_layout_is_one_error_line(shapes, tmp_path, capsys):
@@ -84,7 +93,7 @@ def test_the_same_weights_on_another_schedule_share_no_cached_table_or_bank(tiny
     (linear / "diffood.json").write_text(json.dumps({**meta, "beta_schedule": "linear"}))
     a, b = load_checkpoint(cosine, precision="fp32"), load_checkpoint(linear, precision="fp32")
     assert a.sha256 == b.sha256 and a.key == a.sha256 and b.key != a.key  # the default schedule keeps its old key
-    cfg = dict(ood=(), ts=(400,), detector_ts=(400,), draws=1, steps=1, n_val=8, lpips=False, precision="fp32",
+    cfg = dict(ood=(), ts=(400,), score="reconstruction(ts=400, draws=1)", steps=1, n_val=8, lpips=False, precision="fp32",
                cache_dir=str(tmp_path / "cache"))
     first = evaluate(EvalConfig(checkpoint=str(cosine), **cfg), a)
     second = evaluate(EvalConfig(checkpoint=str(linear), **cfg), b)

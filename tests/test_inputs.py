@@ -78,7 +78,10 @@ def test_cli_scores_files_folders_and_archives_into_a_table(tiny_checkpoint, tmp
     table = pd.read_csv(out, keep_default_na=False)
     assert list(table.columns) == ["file", "score", "percentile", "verdict", "nearest_id_distance", "threshold", "tpr", "error"]
     by_file = table.set_index("file")
-    assert by_file.loc[str(folder / "shirt.png"), "verdict"] in ("looks in-distribution", "likely OOD")
+    for name in (str(folder / "shirt.png"), f"{archive}/dark.png"):  # each verdict is its score against the threshold
+        row = by_file.loc[name]
+        assert row["verdict"] == ("likely OOD" if row["score"] > row["threshold"] else "looks in-distribution")
+        assert 0 <= row["percentile"] <= 100 and row["tpr"] == 0.95
     assert by_file.loc[f"{archive}/dark.png", "error"] == ""
     for bad in (str(folder / "broken.png"), f"{archive}/readme.txt", f"{archive}/huge.png"):
         assert by_file.loc[bad, "verdict"] == "error" and by_file.loc[bad, "error"], bad
@@ -97,8 +100,8 @@ def test_batches_score_as_single_images_do(tiny_checkpoint, chunk):
     from diffood.verdict import Reference, judge_entries
 
     ckpt = load_checkpoint(tiny_checkpoint)
-    ref = Reference.from_result(evaluate(EvalConfig(checkpoint=str(tiny_checkpoint), ood=(), ts=(400,), detector_ts=(400,),
-                                                    draws=2, n_val=10, steps=2), ckpt))
+    ref = Reference.from_result(evaluate(EvalConfig(checkpoint=str(tiny_checkpoint), ood=(), ts=(400,),
+                                                    score="reconstruction(ts=400, draws=2)", n_val=10, steps=2), ckpt))
     entries = [Entry("a", _png()), Entry("b", b"nope"), Entry("c", _png(0)), Entry("d", error="refused")]
     table = judge_entries(entries, ckpt, ref, chunk=chunk)
     one = judge_entries(entries[2:3], ckpt, ref)

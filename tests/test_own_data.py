@@ -66,7 +66,7 @@ def test_rgb_folder_through_bank_evaluate_and_score(own, tmp_path, capsys):
     assert (ckpt / "feature_bank.safetensors").is_file()
     out = tmp_path / "ev"
     assert main(["evaluate", *common, "--ood", str(stripes), "vflip", "--n", "20", "--n-val", "6", "--timesteps",
-                 "700", "--draws", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+                 "700", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
     summary = pd.read_csv(f"{out}_summary.csv")
     default = summary[summary["metric"] == "default"].set_index("ood")
     assert set(default.index) == {str(stripes), "shapes-vflip"}
@@ -90,7 +90,6 @@ def test_every_page_opens_with_the_rgb_model(own, monkeypatch):
     at.session_state["eval_n"] = 100
     at.session_state["eval_ts"] = [700]
     at.session_state["multi_ts"] = [700]
-    at.session_state["draws"] = 1
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.session_state["ood"] == "shapes-vflip"  # the checkpoint's default OOD set

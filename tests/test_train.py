@@ -69,6 +69,22 @@ def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
 
 
 @needs_data
+def test_the_ema_is_the_warmed_up_exponential_average_of_the_weights(tmp_path):
+    """After each step, ema <- decay * ema + (1 - decay) * weights, with decay = min(ema_decay, (1 + s) / (10 + s))
+    at step s: a no-op or a wrong decay fails this."""
+    trainer = run(_cfg(tmp_path / "r", ema_decay=0.9), max_steps=1, progress=False)
+    for _ in range(3):
+        s = trainer.step
+        before = [p.detach().clone() for p in trainer.ema.parameters()]
+        trainer.train_step()
+        decay = min(0.9, (1 + s) / (10 + s))
+        for old, new, w in zip(before, trainer.ema.parameters(), trainer.model.parameters()):
+            torch.testing.assert_close(new, decay * old + (1 - decay) * w.detach(), rtol=1e-5, atol=1e-6)
+        assert any(not torch.equal(old, new) for old, new in zip(before, trainer.ema.parameters()))
+    assert decay == pytest.approx(0.9 if s >= 80 else (1 + s) / (10 + s))
+
+
+@needs_data
 def test_old_runs_export_as_fashionmnist_and_fp16_weights_halve_the_file(tmp_path):
     run(_cfg(tmp_path / "r"), max_steps=2, progress=False)
     state = json.loads((tmp_path / "r" / "state.json").read_text())

@@ -1,0 +1,67 @@
+"""Command-line options made from the config dataclasses: each field once, its doc from `metadata["help"]`, so a
+new field appears in `--help` without an edit of the CLI. Extra spellings come from `metadata["flags"]`, choices
+from `metadata["choices"]`; a bool that defaults to True becomes `--no-<name>`."""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from dataclasses import MISSING, fields
+
+
+def _base(hint):
+    """(the type inside Optional, whether None is allowed)."""
+    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], len(args) < len(typing.get_args(hint))
+    return hint, False
+
+
+def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (), defaults: dict | None = None) -> None:
+    """One option per field of dataclass `cls` not in `skip`; `defaults` replace the dataclass's."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        meta, kind = f.metadata, _base(hints[f.name])[0]
+        default = (defaults or {}).get(f.name, f.default if f.default is not MISSING else None)
+        required = f.default is MISSING and f.default_factory is MISSING and f.name not in (defaults or {})
+        text = meta.get("help", "")
+        names = [*meta.get("flags", ()), "--" + f.name.replace("_", "-")]
+        kw: dict = {"dest": f.name, "help": text}
+        if kind is bool:
+            if default:
+                parser.add_argument("--no-" + f.name.replace("_", "-"), action="store_false", **kw)
+            else:
+                parser.add_argument(*dict.fromkeys(names), action="store_true", **kw)
+            continue
+        if typing.get_origin(kind) is tuple:
+            inner = typing.get_args(kind)[0]
+            kw |= {"nargs": "*", "type": inner if inner in (int, float) else str}
+            default = list(default) if default is not None else None
+        else:
+            kw["type"] = kind if kind in (int, float) else str
+        if "choices" in meta:
+            kw["choices"] = list(meta["choices"])
+        if required:
+            kw["required"] = True
+        else:
+            kw["default"] = default
+            if default not in (None, [], ()) and "%(default)" not in text:
+                kw["help"] = f"{text} (default: %(default)s)"
+        parser.add_argument(*dict.fromkeys(names), **kw)
+
+
+def from_args(cls, args: argparse.Namespace, **overrides):
+    """The dataclass from parsed options: lists become tuples; an empty list for an optional tuple is None."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        if not hasattr(args, f.name):
+            continue
+        v = getattr(args, f.name)
+        kind, optional = _base(hints[f.name])
+        if isinstance(v, list):
+            v = None if (not v and optional) else tuple(v)
+        values[f.name] = v
+    return cls(**(values | overrides))
