@@ -16,14 +16,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, SAMPLERS, STEPPED, default_device
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, SAMPLERS, STEPPED, default_device, network_calls
 from .errors import DiffoodError
 from .features import KNN_METRICS, FeatureBank, bank_at, checkpoint_bank
 from .images import to_model_input
 from .model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 from .paths import from_env
 from .perceptual import get_lpips, lpips_status
-from .scores import DEFAULT, Context, Features, Pick, Reconstruction, ScoreSpec, named_scores, parse, table_name
+from .scores import DEFAULT, Context, Features, Pick, ScoreSpec, ZMean, named_scores, parse, table_name
 from .scores.base import TABLE_KEYS, zmean_frame
 from .scoring import METRICS, distance_frame, embed_draws, score_images
 from .sets import load_images
@@ -177,8 +177,6 @@ def resolve(cfg: EvalConfig, checkpoint: Checkpoint) -> EvalConfig:
 
 def _on_bank(spec: ScoreSpec, term: Features) -> ScoreSpec:
     """`spec` with its feature term read from the bank at hand (`term`): the score the tables can hold."""
-    from .scores import ZMean
-
     if isinstance(spec, Features):
         return replace(term, k=spec.k, draws=spec.draws)
     if isinstance(spec, ZMean):
@@ -192,8 +190,8 @@ def plan(cfg: EvalConfig, checkpoint: Checkpoint) -> tuple[EvalConfig, dict[str,
     cfg = resolve(cfg, checkpoint)
     pick = Pick.of(checkpoint)
     wants_features = any(isinstance(t, Features) for s in (cfg.score, *cfg.methods) if s for t in s.terms())
-    bank = checkpoint_bank(checkpoint) if cfg.score is None or wants_features or not isinstance(
-        cfg.score, Reconstruction) else None
+    # the pick's score and its feature terms read the bank; a score given without one leaves it out
+    bank = checkpoint_bank(checkpoint) if cfg.score is None or wants_features else None
     notes = []
     term = None
     if bank is not None:
@@ -228,13 +226,11 @@ def tables(cfg: EvalConfig, checkpoint: Checkpoint, named: dict[str, ScoreSpec],
     table per term of any other kind."""
     model, scheduler, precision = checkpoint.model, checkpoint.scheduler, checkpoint.precision
     terms = {t for s in named.values() for t in s.terms()}
-    need_r = {t: 1 for t in cfg.ts}
-    need_f = {t: 1 for t in cfg.feature_ts}
+    needs = {"reconstruction": {t: 1 for t in cfg.ts}, "features": {t: 1 for t in cfg.feature_ts}}
     for term in terms:
-        need = need_r if isinstance(term, Reconstruction) else need_f if isinstance(term, Features) else None
-        for t, k in term.needs().items():
-            if need is not None:
-                need[t] = max(need.get(t, 0), k)
+        for t, k in term.needs().items():  # a kind with a shared table: the draws it reads at each t
+            needs[term.table][t] = max(needs[term.table].get(t, 0), k)
+    need_r, need_f = needs["reconstruction"], needs["features"]
     sidecar = {"checkpoint_sha256": checkpoint.sha256, "n": cfg.n, "n_val": cfg.n_val, "seed": cfg.seed,
                "precision": precision}
     out = []
@@ -255,7 +251,7 @@ def tables(cfg: EvalConfig, checkpoint: Checkpoint, named: dict[str, ScoreSpec],
 
         out.append(Table("features", cfg.feature_key(checkpoint.key, bank), FEATURE_COLUMNS, need_f, features,
                          {**sidecar, "bank": bank.metadata()}))
-    for term in sorted(terms - {t for t in terms if isinstance(t, (Reconstruction, Features))}, key=table_name):
+    for term in sorted((t for t in terms if not t.table), key=table_name):
         out.append(_own_table(cfg, checkpoint, term, lpips_net))
     return out
 
@@ -306,8 +302,6 @@ def pending_images(cfg: EvalConfig, checkpoint: Checkpoint) -> int:
 
 def pending_calls(cfg: EvalConfig, checkpoint: Checkpoint) -> int:
     """Network calls `evaluate(cfg)` still has to make: each missing part's images times its calls per image."""
-    from .diffusion import network_calls
-
     cfg, named, _, bank, _ = plan(cfg, checkpoint)
     store, sets = _store(cfg, checkpoint), image_sets(cfg, checkpoint)
     terms = {table_name(t): t for s in named.values() for t in s.terms()}

@@ -5,13 +5,14 @@ from `metadata["choices"]`; a bool that defaults to True becomes `--no-<name>`."
 from __future__ import annotations
 
 import argparse
+import types
 import typing
 from dataclasses import MISSING, fields
 
 
 def _base(hint):
     """(the type inside Optional, whether None is allowed)."""
-    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return args[0], len(args) < len(typing.get_args(hint))
     return hint, False

@@ -26,7 +26,6 @@ from filelock import FileLock, Timeout
 
 from . import distributed
 from .files import atomic_path, atomic_write_text, move_aside
-from .scores.base import TABLE_KEYS
 
 Progress = Callable[[int, int, str], None]
 
@@ -200,5 +199,3 @@ def _read_cached(paths: list[Path], columns: list[str]) -> tuple[pd.DataFrame, P
                           CacheWarning, stacklevel=3)
     return pd.DataFrame(columns=columns), None
 
-
-KEY_COLUMNS = TABLE_KEYS

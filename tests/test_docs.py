@@ -8,9 +8,9 @@ import pytest
 from diffood import inputs
 from diffood.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffood.evaluate import DEFAULT_MULTI_TS
+from diffood.images import MAX_UPLOAD_PIXELS
 from diffood.model import SHIPPED_MODELS, load_checkpoint
 from diffood.scores import Pick
-from diffood.images import MAX_UPLOAD_PIXELS
 from diffood.verdict import TARGET_TPR
 from tests.conftest import ROOT
 
@@ -62,3 +62,12 @@ def test_the_readme_results_are_the_shipped_summaries(name):
     default = summary[summary["metric"] == "default"].set_index("ood")["auroc"]
     ood = "mnist" if name == "fashionmnist" else "fashionmnist"
     assert f"**{default[ood]:.4f}**" in DOCS["README.md"]
+
+
+def test_the_api_example_in_the_docs_runs(tmp_path, monkeypatch, capsys):
+    """docs/cli.md's runnable example, as a reader would paste it: offline, on the shipped model and sample."""
+    monkeypatch.setenv("DIFFOOD_DATA_DIR", str(tmp_path / "no-data"))
+    block = DOCS["cli.md"].split("A runnable example")[1].split("```python")[1].split("```")[0]
+    exec(compile(block, "docs/cli.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "1 noise draw 1" in printed and "4 noise draws 20" in printed

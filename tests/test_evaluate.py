@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from diffood import evaluate as ev
-from diffood.diffusion import make_scheduler, noise_for
 from diffood import store
+from diffood.diffusion import make_scheduler, noise_for
 from diffood.evaluate import (
     SCORE_COLUMNS,
     SUMMARY_COLUMNS,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
 import typing
 from dataclasses import dataclass, fields
 from typing import Callable, ClassVar
@@ -146,7 +147,7 @@ def _typed(v, hint):
         return tuple(_typed(x, inner) for x in (v if isinstance(v, (list, tuple)) else [v]))
     if hint is ScoreSpec or (isinstance(hint, type) and issubclass(hint, ScoreSpec)):
         return v if isinstance(v, ScoreSpec) else from_dict(v)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return None if v is None else _typed(v, args[0])
     if hint in (int, float, str) and v is not None:
