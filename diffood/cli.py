@@ -14,6 +14,7 @@ import sys
 import time
 import tomllib
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -31,48 +32,31 @@ OOD_HELP = ("another torchvision set (mnist, fashionmnist, ...), a folder or .zi
 
 
 def _add_train(sub) -> None:
-    from .datasets import CHANNELS, TORCHVISION, DataSpec
+    from .datasets import DataSpec
     from .model import ModelConfig
+    from .options import add_options
     from .train import TrainConfig
 
     p = sub.add_parser("train", help="train the denoiser on an image set (resumable; runs under torchrun)")
-    p.add_argument("--data", default=DataSpec.source, help=f"the ID set: {', '.join(TORCHVISION)}, or a folder or .zip of images")
-    p.add_argument("--image-size", type=int, default=DataSpec.image_size, help="images are fitted to this many px (28-64)")
-    p.add_argument("--channels", type=int, default=DataSpec.channels, choices=CHANNELS, help="1 grayscale, 3 RGB")
-    p.add_argument("--val-size", type=int, default=DataSpec.val_size, help="validation images held out (folders: at most a tenth)")
-    p.add_argument("--run-dir", default=TrainConfig.run_dir, help="where state, log and checkpoints go")
+    add_options(p, DataSpec)
+    add_options(p, ModelConfig, skip=("image_size", "channels", "attention"))  # size and channels: the data's
+    add_options(p, TrainConfig, skip=("data", "model"))
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
-    p.add_argument("--epochs", type=float, default=TrainConfig.epochs, help="length of the learning-rate schedule")
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay)
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--save-every", type=int, default=TrainConfig.save_every, help="steps between saved states")
-    p.add_argument("--block-channels", default=",".join(map(str, ModelConfig.block_out_channels)), help="UNet block_out_channels")
-    p.add_argument("--no-channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--max-steps", type=int, help="stop (and save) at this total step")
     p.add_argument("--max-minutes", type=float, help="stop (and save) after this many minutes")
     p.add_argument("--export", dest="export_dir", help="write the EMA checkpoint here when stopping")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--data-dir", help="torchvision's data folder, where folder specs are also looked for (default $DIFFOOD_DATA_DIR)")
     p.add_argument("--download", action="store_true", help="allow torchvision to download the set")
-    p.add_argument("--limit-images", type=int, help="train on this many images only (smoke tests)")
 
 
 def _cmd_train(a) -> int:
     from .datasets import DataSpec
     from .model import ModelConfig
+    from .options import from_args
     from .train import TrainConfig, run
 
-    data = DataSpec(a.data, a.image_size, a.channels, a.val_size)
-    model = ModelConfig(image_size=a.image_size, channels=a.channels,
-                        block_out_channels=tuple(int(c) for c in a.block_channels.split(",")))
-    cfg = TrainConfig(
-        run_dir=a.run_dir, data=data, model=model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-        ema_decay=a.ema_decay, seed=a.seed, save_every=a.save_every, channels_last=not a.no_channels_last,
-        compile=a.compile, data_dir=a.data_dir, limit_images=a.limit_images,
-    )
+    data = from_args(DataSpec, a)
+    cfg = from_args(TrainConfig, a, data=data, model=from_args(ModelConfig, a))
     run(cfg, resume=a.resume, max_steps=a.max_steps, max_minutes=a.max_minutes, export_dir=a.export_dir,
         device=a.device)
     return 0
@@ -174,8 +158,8 @@ def _progress_bar():
 def _score_help() -> str:
     from .scores import KINDS
 
-    return ("default, reconstruction, features, both, multi-t (the checkpoint's own), or a kind: "
-            f"{', '.join(k for k in KINDS if k != 'zmean')}; parameters as in 'features(k=5, draws=2)'")
+    return ("names: default, reconstruction, features, both, multi-t (the checkpoint's own), or a kind: "
+            f"{', '.join(k for k in KINDS if k != 'zmean')}")
 
 
 def _add_evaluate(sub) -> None:
@@ -183,10 +167,7 @@ def _add_evaluate(sub) -> None:
     from .options import add_options
 
     p = sub.add_parser("evaluate", help="score ID vs OOD sets over t; print AUROC / FPR95, write CSVs")
-    add_options(p, EvalConfig, skip=("score", "methods"))
-    p.add_argument("--score", help="the default score: " + _score_help() + " (default: the checkpoint's recorded pick)")
-    p.add_argument("--methods", nargs="+", default=[], help="more scores reported beside the default, each as for "
-                                                            "--score; 'all': every kind")
+    add_options(p, EvalConfig, more_help={"score": "; " + _score_help(), "methods": " ('all': every kind)"})
     p.add_argument("--compile", default="auto", choices=list(COMPILE_MODES),
                    help="torch.compile the UNet with inductor freezing for long runs: auto = where it was "
                         "measured to repay its first call (docs/performance.md)")
@@ -194,7 +175,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", default="diffood_eval", help="prefix of the CSVs written: PREFIX_scores.csv, PREFIX_summary.csv")
 
 
-def _methods(names: list[str]) -> tuple[str, ...]:
+def _methods(names) -> tuple[str, ...]:
     """--methods as given, with 'all' for every registered kind but the composite."""
     from .scores import KINDS
 
@@ -208,7 +189,8 @@ def _cmd_evaluate(a) -> int:
     from .evaluate import EvalConfig, evaluate, pending_calls
     from .options import from_args
 
-    cfg = from_args(EvalConfig, a, score=a.score, methods=_methods(a.methods))
+    cfg = from_args(EvalConfig, a)
+    cfg = replace(cfg, methods=_methods(cfg.methods))
     ckpt = _load(a)
     ckpt = _compiled(a, ckpt, pending_calls(cfg, ckpt))
     bar, progress = _progress_bar()
@@ -348,7 +330,8 @@ def _add_score(sub) -> None:
     p.add_argument("images", nargs="+", help="image files (any format Pillow reads), folders of them, .zip archives")
     p.add_argument("--tpr", type=float, default=TARGET_TPR, help="share of ID validation images the verdict threshold "
                                                                  "accepts (default %(default)s)")
-    p.add_argument("--score", help="the score: " + _score_help() + " (default: the checkpoint's recorded pick)")
+    p.add_argument("--score", help="the score (default: the checkpoint's recorded pick), with parameters as in "
+                                    "'features(k=5)'; " + _score_help())
     p.add_argument("--no-invert", action="store_true", help="never invert light backgrounds")
     p.add_argument("--out", help="write the table (file, score, percentile, verdict, threshold, tpr, error) to this CSV")
 

@@ -55,11 +55,13 @@ class DataSpec:
     """An image set: `source` is a torchvision name (TORCHVISION) or a path to a folder or .zip of images
     (flat or one subfolder per class). Images are fitted to `image_size` px and `channels` (1 or 3)."""
 
-    source: str = "fashionmnist"
-    image_size: int = 28
-    channels: int = 1
-    val_size: int = VAL_SIZE  # folders: at most this, a tenth of the images when that is fewer
-    split_seed: int = SPLIT_SEED
+    source: str = field(default="fashionmnist", metadata={
+        "help": f"the ID set: {', '.join(TORCHVISION)}, or a folder or .zip of images", "flags": ("--data",)})
+    image_size: int = field(default=28, metadata={"help": "images are fitted to this many px (28-64)"})
+    channels: int = field(default=1, metadata={"help": "1 grayscale, 3 RGB", "choices": CHANNELS})
+    val_size: int = field(default=VAL_SIZE, metadata={
+        "help": "validation images held out (folders: at most this, a tenth of the images when that is fewer)"})
+    split_seed: int = field(default=SPLIT_SEED, metadata={"help": "fixes which images are held out"})
 
     def __post_init__(self):
         if self.image_size not in SIZES:

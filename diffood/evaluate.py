@@ -66,10 +66,10 @@ class EvalConfig:
     multi_ts: tuple[int, ...] | None = field(default=DEFAULT_MULTI_TS, metadata=_help(
         "the t multi-t combines (given with no t: every t of the curves)", flags=("--multi-t",)))
     score: ScoreSpec | str | None = field(default=None, metadata=_help(
-        "the default score: default, reconstruction, features, both, multi-t or a kind, with parameters as in "
-        "'features(k=5, draws=2)' (default: the checkpoint's recorded pick)"))
+        "the default score (default: the checkpoint's recorded pick), by name or with parameters as in "
+        "'features(k=5, draws=2)'"))
     methods: tuple[ScoreSpec | str, ...] = field(default=(), metadata=_help(
-        "more scores to report beside the default, by name as for --score"))
+        "more scores to report beside the default, each named as the score is"))
     feature_ts: tuple[int, ...] = field(default=(), metadata=_help(
         "more noise levels t_f for the feature term's curve, one call each and a bank per t_f (the ROC page's: "
         + " ".join(map(str, FEATURE_CURVE_TS)) + ")", flags=("--feature-t",)))
@@ -135,6 +135,8 @@ class EvalResult:
     def scores(self) -> pd.DataFrame:
         """The reconstruction and feature rows in one frame (KEY columns, METRICS, KNN_METRICS)."""
         shared = [self.tables[n] for n in ("reconstruction", "features") if n in self.tables]
+        if not shared:
+            return pd.DataFrame(columns=TABLE_KEYS)
         out = shared[0]
         for other in shared[1:]:
             out = out.merge(other, on=TABLE_KEYS, how="outer", sort=False)
@@ -314,14 +316,18 @@ def pending_calls(cfg: EvalConfig, checkpoint: Checkpoint) -> int:
     return calls
 
 
-def evaluate(cfg: EvalConfig, checkpoint: Checkpoint | None = None, progress: Progress | None = None) -> EvalResult:
+def evaluate(cfg: EvalConfig, checkpoint: Checkpoint | None = None, progress: Progress | None = None,
+             default_only: bool = False) -> EvalResult:
     """Score ID validation, ID test and each OOD set by every named score and curve (reading what the store
-    has) and summarise. `progress(done, total, what)` is called as images are scored."""
+    has) and summarise; `default_only`: by the default score alone (what a reference needs). `progress(done,
+    total, what)` is called as images are scored."""
     device = torch.device(cfg.device) if cfg.device else default_device()
     if checkpoint is None:
         checkpoint = load_checkpoint(cfg.checkpoint or DEFAULT_CHECKPOINT, device=device, precision=cfg.precision)
     device = next(checkpoint.model.parameters()).device
     cfg, named, pick, bank, notes = plan(cfg, checkpoint)
+    if default_only:
+        named = {DEFAULT: named[DEFAULT]}
     lpips_net = get_lpips(str(device)) if cfg.lpips else None
     store, sets = _store(cfg, checkpoint), image_sets(cfg, checkpoint)
 

@@ -40,7 +40,7 @@ class FitConfig:
                                      "of images"))
     out: str = field(metadata=_help("the checkpoint folder (its training run lives in OUT/run)"))
     image_size: int = field(default=28, metadata=_help("images are fitted to this many px (28-64)"))
-    channels: int = field(default=1, metadata=_help("1 grayscale, 3 RGB"))
+    channels: int = field(default=1, metadata={"help": "1 grayscale, 3 RGB", "choices": (1, 3)})
     epochs: float = field(default=20.0, metadata=_help("length of the learning-rate schedule"))
     max_steps: int | None = field(default=None, metadata=_help("train this many steps at most, then go on"))
     max_minutes: float | None = field(default=None, metadata=_help("train this many minutes at most, then go on"))

@@ -71,11 +71,12 @@ class ModelConfig:
 
     image_size: int = 28
     channels: int = 1  # of the images: 1 grayscale, 3 RGB
-    block_out_channels: tuple[int, ...] = (32, 64, 128)
-    layers_per_block: int = 1
+    block_out_channels: tuple[int, ...] = field(default=(32, 64, 128), metadata={
+        "help": "the UNet's channels per resolution level", "flags": ("--block-channels",)})
+    layers_per_block: int = field(default=1, metadata={"help": "ResNet blocks per level"})
     attention: tuple[bool, ...] = (False, False, True)  # per resolution level, finest first
-    norm_num_groups: int = 8
-    attention_head_dim: int = 8
+    norm_num_groups: int = field(default=8, metadata={"help": "GroupNorm groups (divides every level's channels)"})
+    attention_head_dim: int = field(default=8, metadata={"help": "channels per attention head"})
 
     def unet_kwargs(self) -> dict:
         down = ["AttnDownBlock2D" if a else "DownBlock2D" for a in self.attention]

@@ -18,8 +18,10 @@ def _base(hint):
     return hint, False
 
 
-def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (), defaults: dict | None = None) -> None:
-    """One option per field of dataclass `cls` not in `skip`; `defaults` replace the dataclass's."""
+def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (), defaults: dict | None = None,
+                more_help: dict[str, str] | None = None) -> None:
+    """One option per field of dataclass `cls` not in `skip`; `defaults` replace the dataclass's; `more_help`
+    adds to a field's help what only the command knows (e.g. the kinds registered now)."""
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         if f.name in skip:
@@ -27,7 +29,7 @@ def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
         meta, kind = f.metadata, _base(hints[f.name])[0]
         default = (defaults or {}).get(f.name, f.default if f.default is not MISSING else None)
         required = f.default is MISSING and f.default_factory is MISSING and f.name not in (defaults or {})
-        text = meta.get("help", "")
+        text = (meta.get("help", "") + (more_help or {}).get(f.name, "")).strip()
         names = [*meta.get("flags", ()), "--" + f.name.replace("_", "-")]
         kw: dict = {"dest": f.name, "help": text}
         if kind is bool:
@@ -36,14 +38,13 @@ def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
             else:
                 parser.add_argument(*dict.fromkeys(names), action="store_true", **kw)
             continue
-        if typing.get_origin(kind) is tuple:
-            inner = typing.get_args(kind)[0]
-            kw |= {"nargs": "*", "type": inner if inner in (int, float) else str}
+        if typing.get_origin(kind) is tuple:  # values apart or comma-separated: --ts 600 700, --ts 600,700
+            kw |= {"nargs": "*", "type": str}
             default = list(default) if default is not None else None
         else:
             kw["type"] = kind if kind in (int, float) else str
         if "choices" in meta:
-            kw["choices"] = list(meta["choices"])
+            kw["choices"] = [str(c) for c in meta["choices"]] if typing.get_origin(kind) is tuple else list(meta["choices"])
         if required:
             kw["required"] = True
         else:
@@ -63,6 +64,11 @@ def from_args(cls, args: argparse.Namespace, **overrides):
         v = getattr(args, f.name)
         kind, optional = _base(hints[f.name])
         if isinstance(v, list):
-            v = None if (not v and optional) else tuple(v)
+            inner = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else str
+            items = [p for item in v for p in str(item).split(",") if p]
+            try:
+                v = None if (not items and optional) else tuple(inner(p) if inner in (int, float) else p for p in items)
+            except ValueError as e:
+                raise SystemExit(f"error: --{f.name.replace('_', '-')}: {e}") from e
         values[f.name] = v
     return cls(**(values | overrides))

@@ -75,7 +75,7 @@ class Reference:
         rows are read from the shipped or cached tables where they exist, else computed and kept."""
         cfg = EvalConfig(checkpoint=str(checkpoint.path), ood=(), ts=(), multi_ts=None, score=score, sampler=sampler,
                          steps=steps, seed=seed, n_val=n_val, data_dir=data_dir, cache_dir=cache_dir)
-        return cls.from_result(evaluate(cfg, checkpoint, progress), DEFAULT, tpr)
+        return cls.from_result(evaluate(cfg, checkpoint, progress, default_only=True), DEFAULT, tpr)
 
     def describe_threshold(self) -> str:
         return f"threshold {self.threshold:+.3f} accepts {self.tpr:.1%} of {len(self.val_scores)} ID validation images"

@@ -74,3 +74,24 @@ def test_sample_writes_a_square_grid(tiny_checkpoint, tmp_path):
 def test_a_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
     assert main(["reconstruct", "--checkpoint", str(tmp_path / "nope")]) == 2
     assert "error: checkpoint folder not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command,config,skip", [
+    ("evaluate", "diffood.evaluate:EvalConfig", ()), ("select", "diffood.select:SelectConfig", ()),
+    ("fit", "diffood.fit:FitConfig", ()), ("train", "diffood.train:TrainConfig", ("data", "model"))])
+def test_every_config_field_is_an_option_with_its_doc(command, config, skip, capsys):
+    """The options are made from the config dataclasses: each field once, with its help, so a new field appears."""
+    import importlib
+    from dataclasses import fields
+
+    module, name = config.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        flag = f"--{'no-' if f.default is True else ''}{f.name.replace('_', '-')}"
+        assert flag in text, (command, flag)
+        assert " ".join(f.metadata.get("help", "").split()[:4]) in text, (command, f.name)
