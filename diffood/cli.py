@@ -172,6 +172,8 @@ def _add_evaluate(sub) -> None:
                    help="torch.compile the UNet with inductor freezing for long runs: auto = where it was "
                         "measured to repay its first call (docs/performance.md)")
     p.add_argument("--download", action="store_true", help="allow torchvision to download missing data sets")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="the paired AUROC difference of two named scores "
+                   "(default, reconstruction, features, both, multi-t, a --methods kind) with its paired DeLong interval")
     p.add_argument("--out", default="diffood_eval", help="prefix of the CSVs written: PREFIX_scores.csv, PREFIX_summary.csv")
 
 
@@ -206,6 +208,17 @@ def _cmd_evaluate(a) -> int:
         print(f"note: {note}")
     for name, spec in result.named.items():
         print(f"{name}: {spec.describe()}")
+    if a.compare:
+        from .summary import describe_difference
+
+        try:
+            table = result.compare(*a.compare)
+        except ValueError as e:
+            raise DiffoodError(str(e)) from e
+        for row in table.to_dict("records"):
+            print(f"{row['ood']}: {describe_difference(row)} (paired DeLong, 95 %)")
+        if _main():
+            table.to_csv(f"{a.out}_compare.csv", index=False)
     print(f"\nscores {source}; wrote {a.out}_scores.csv and {a.out}_summary.csv")
     return 0
 

@@ -28,7 +28,7 @@ from .scores.base import TABLE_KEYS, zmean_frame
 from .scoring import METRICS, distance_frame, embed_draws, score_images
 from .sets import load_images
 from .store import CacheWarning, Filled, Progress, ScoreStore, Table
-from .summary import SUMMARY_COLUMNS, summarize
+from .summary import SUMMARY_COLUMNS, compare, summarize
 
 __all__ = ["CacheWarning", "EvalConfig", "EvalResult", "evaluate", "table_status", "default_cache_dir",
            "DEFAULT_TS", "DEFAULT_MULTI_TS", "FEATURE_CURVE_TS", "SUMMARY_COLUMNS"]
@@ -155,6 +155,10 @@ class EvalResult:
     def features(self) -> Features | None:
         """The feature term the named scores use, if any."""
         return next((t for s in self.named.values() for t in s.terms() if isinstance(t, Features)), None)
+
+    def compare(self, a: str, b: str) -> pd.DataFrame:
+        """The paired AUROC difference of two named scores per OOD set (summary.compare)."""
+        return compare(self.tables, self.named, a, b)
 
     def score_frame(self, name: str | ScoreSpec, keys=("role", "dataset")) -> pd.DataFrame:
         """One row per image (keys + index) with the named score in column "score"."""

@@ -10,6 +10,7 @@ from diffood.evaluate import FEATURE_CURVE_TS
 from diffood.metrics import POSITIVE_CLASS, roc_curve
 from diffood.scores import DEFAULT, FEATURES, MULTI_T, RECONSTRUCTION
 from diffood.scoring import METRICS
+from diffood.summary import describe_difference
 from pages.common import checkpoint, evaluated_tables, evaluation, through_app
 
 through_app()
@@ -32,8 +33,11 @@ named = [name for name in result.named if name in combined.index]  # every score
 cards = st.columns(len(named) + 1)
 for col, name in zip(cards, named):
     row = combined.loc[name]
-    col.metric(f"{name} · AUROC", f"{row['auroc']:.3f}", help=f"{name} score: {result.named[name].describe()}",
-               delta=f"FPR95 {row['fpr95']:.3f} · {calls(row['calls'])}", delta_color="off", delta_arrow="off")
+    col.metric(f"{name} · AUROC", f"{row['auroc']:.3f}", help=f"{name} score: {result.named[name].describe()}. "
+               f"95 % intervals: AUROC [{row['auroc_lo']:.3f}, {row['auroc_hi']:.3f}] (DeLong), FPR95 "
+               f"[{row['fpr95_lo']:.3f}, {row['fpr95_hi']:.3f}] (bootstrap)",
+               delta=f"[{row['auroc_lo']:.3f}, {row['auroc_hi']:.3f}] · FPR95 {row['fpr95']:.3f} · {calls(row['calls'])}",
+               delta_color="off", delta_arrow="off")
 if best is not None:
     cards[-1].metric(f"{best['metric']}, t = {int(best['t'])} · AUROC", f"{best['auroc']:.3f}", delta_color="off",
                     delta=f"FPR95 {best['fpr95']:.3f} · {calls(best['calls'])}", delta_arrow="off",
@@ -41,13 +45,22 @@ if best is not None:
 
 RATES = {"auroc": "AUROC", "fpr95": "FPR95", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out"}
 number = {c: st.column_config.NumberColumn(label, format="%.4f") for c, label in RATES.items()}
-st.dataframe(combined.loc[named, [*RATES, "calls"]].rename_axis("score").reset_index(), hide_index=True,
+with_bounds = [c for r in RATES for c in (r, f"{r}_lo", f"{r}_hi")]
+number |= {f"{r}_{end}": st.column_config.NumberColumn(f"{label} {end}", format="%.4f")
+           for r, label in RATES.items() for end in ("lo", "hi")}
+st.dataframe(combined.loc[named, [*with_bounds, "calls"]].rename_axis("score").reset_index(), hide_index=True,
              column_config=number)
-st.caption(POSITIVE_CLASS)
+differences = [describe_difference(row) for other in named[1:]
+               for row in result.compare(DEFAULT, other).query("ood == @ood").to_dict("records")]
+st.caption(POSITIVE_CLASS + " Intervals are 95 %: DeLong's for AUROC, a stratified bootstrap (1000 resamples) for "
+           "the others. Paired AUROC differences on the same images (paired DeLong): " + "; ".join(differences) + ".")
 
 fig = go.Figure()
 for m in metrics:
     rows = per_t[per_t["metric"] == m].sort_values("t")
+    fig.add_scatter(x=[*rows["t"], *rows["t"][::-1]], y=[*rows["auroc_hi"], *rows["auroc_lo"][::-1]], fill="toself",
+                    fillcolor=colour[m], opacity=0.2, line_width=0, hoverinfo="skip", showlegend=False,
+                    name=f"{m}: 95 % interval")
     fig.add_scatter(x=rows["t"], y=rows["auroc"], mode="lines+markers", name=m, line_color=colour[m])
     top = rows.loc[rows["auroc"].idxmax()]
     fig.add_scatter(x=[top["t"]], y=[top["auroc"]], mode="markers", marker=dict(symbol="star", size=16, color=colour[m]),

@@ -107,6 +107,10 @@ def test_roc_page_draws_curves_and_offers_the_table(app):
     assert len(app.get("plotly_chart")) == 3
     scores, table = app.dataframe[0].value, app.dataframe[-1].value
     assert {"multi-t", "default"} <= set(scores["score"]) and {"aupr_in", "aupr_out"} <= set(scores.columns)
+    assert (scores["auroc_lo"] <= scores["auroc"]).all() and (scores["auroc"] <= scores["auroc_hi"]).all()
+    assert any("default vs multi-t:" in c.value and "paired DeLong" in c.value for c in app.caption)
+    band = [t for t in app.get("plotly_chart")[0].proto.spec.split('"name"') if "95 % interval" in t]
+    assert band  # the per-t AUROC curves carry their interval band
     assert {"mse", "lpips", "mse+lpips", "multi-t", "default"} <= set(table["metric"])
     assert {"auroc", "fpr95", "aupr_in", "aupr_out"} <= set(table.columns)
     assert any("AUPR-In" in c.value for c in app.caption)

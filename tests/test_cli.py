@@ -31,6 +31,14 @@ def test_evaluate_prints_the_summary_and_writes_csvs(tiny_checkpoint, tmp_path, 
     assert set(summary["ood"]) == {"mnist", "uniform"}
     assert "default" in out
     assert len(pd.read_csv(f"{prefix}_scores.csv")) == (8 + 8 + 8 + 8) * (2 + 4)  # t = 100, 600; 4 draws at t = 700
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--t", "100", "600", "--n", "8", "--n-val", "8",
+                 "--steps", "2", "--ood", "mnist", "uniform", "--compare", "default", "multi-t", "--out", str(prefix)]) == 0
+    out = capsys.readouterr().out
+    compared = pd.read_csv(f"{prefix}_compare.csv").set_index("ood")
+    assert set(compared.index) == {"mnist", "uniform"}
+    row = compared.loc["mnist"]
+    assert row["difference"] == pytest.approx(row["auroc_a"] - row["auroc_b"]) and row["lo"] <= row["difference"] <= row["hi"]
+    assert f"mnist: default vs multi-t: {row['difference']:+.4f}" in out
 
 
 @needs_data

@@ -53,6 +53,12 @@ def test_sweep_tables_have_the_documented_columns(tiny_checkpoint):
     assert list(r.summary.columns) == SUMMARY_COLUMNS
     assert set(r.summary["metric"]) == {*METRICS, MULTI_T, DEFAULT}
     assert r.summary["auroc"].between(0, 1).all()
+    s = r.summary  # every AUROC within its (symmetric, DeLong) interval; a named score's other rates have theirs
+    assert (s["auroc_lo"] <= s["auroc"] + 1e-12).all() and (s["auroc"] <= s["auroc_hi"] + 1e-12).all()
+    named = s[s["t"].isna()]
+    for rate in ("fpr95", "aupr_in", "aupr_out"):  # percentile bootstrap: ordered, in [0, 1], not centred
+        lo, hi = named[f"{rate}_lo"], named[f"{rate}_hi"]
+        assert lo.notna().all() and (lo <= hi).all() and lo.between(0, 1).all() and hi.between(0, 1).all()
     assert r.summary.set_index("metric").loc[DEFAULT, "calls"] == 2 * 2  # one t, two draws, two calls each
     assert seen[-1][0] == seen[-1][1] == 102
 

@@ -43,3 +43,83 @@ def test_aupr_in_and_out_are_average_precision_with_each_class_positive():
     assert aupr_in(id_scores, ood_scores) == pytest.approx(average_precision_score(1 - labels, -scores))
     assert aupr_in(id_scores, ood_scores) > 0.8 > 0.6 > aupr_out(id_scores, ood_scores) > 0.4
     assert aupr_out(id_scores, id_scores + 100) == aupr_in(id_scores, id_scores + 100) == 1.0
+
+
+def _normals(rng, n, shift, noise=0.0, shared=None):
+    """ID ~ N(0, 1), OOD ~ N(shift, 1), each observed through `noise` (std) of its own."""
+    return rng.normal(0, 1, n) + rng.normal(0, noise, n), rng.normal(shift, 1, n) + rng.normal(0, noise, n)
+
+
+def test_the_auroc_interval_covers_the_true_value_and_a_narrow_one_does_not():
+    from scipy.stats import norm
+
+    from diffood.metrics import auroc_interval
+
+    shift, truth = 1.5, norm.cdf(1.5 / np.sqrt(2))  # AUROC of N(shift, 1) against N(0, 1)
+    rng = np.random.default_rng(0)
+    covered = narrow = 0
+    for _ in range(200):
+        a, b = _normals(rng, 300, shift)
+        lo, hi = auroc_interval(a, b)
+        covered += lo <= truth <= hi
+        point = auroc(a, b)  # an "interval" with no resampling: the point alone
+        narrow += point - 1e-4 <= truth <= point + 1e-4
+    assert covered / 200 >= 0.90 and narrow / 200 < 0.90
+
+
+def test_the_bootstrap_intervals_cover_fpr95_and_aupr():
+    from scipy.stats import norm
+
+    from diffood.metrics import bootstrap_rates
+
+    shift = 1.5
+    truth = {"fpr95": norm.cdf(norm.ppf(0.95) - shift)}  # OOD accepted below ID's 95th percentile
+    big = np.random.default_rng(99)
+    a, b = _normals(big, 400_000, shift)
+    truth["aupr_out"], truth["aupr_in"] = aupr_out(a, b), aupr_in(a, b)  # by a very large sample
+    rng = np.random.default_rng(1)
+    covered = {k: 0 for k in truth}
+    for i in range(200):
+        a, b = _normals(rng, 300, shift)
+        found = bootstrap_rates(a, b, seed=i)
+        for k in truth:
+            covered[k] += found[k][0] <= truth[k] <= found[k][1]
+    assert all(c / 200 >= 0.88 for c in covered.values()), covered
+    one = bootstrap_rates(a, b, resamples=1, seed=0)  # no resampling to speak of: a point, not an interval
+    assert one["fpr95"][1] - one["fpr95"][0] == 0
+
+
+def test_the_bootstrap_reproduces_the_point_rates_on_the_sample_itself():
+    """Counts of ones are the sample: the four rates computed from counts equal scikit-learn's, ties included."""
+    from diffood.metrics import _rates_from_counts
+
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(0, 1, 500).round(1), rng.normal(1, 1, 400).round(1)  # many ties
+    values, group = np.unique(np.r_[a, b], return_inverse=True)
+    neg = np.bincount(group[:500], minlength=len(values))[None].astype(float)
+    pos = np.bincount(group[500:], minlength=len(values))[None].astype(float)
+    got = {k: v[0] for k, v in _rates_from_counts(neg, pos).items()}
+    want = {"auroc": auroc(a, b), "fpr95": fpr_at_95_tpr(a, b), "aupr_in": aupr_in(a, b), "aupr_out": aupr_out(a, b)}
+    for k in want:
+        assert got[k] == pytest.approx(want[k], abs=1e-12), k
+
+
+def test_a_paired_difference_of_a_score_with_itself_is_zero_and_covers_the_true_difference():
+    from scipy.stats import norm
+
+    from diffood.metrics import paired_auroc_difference
+
+    rng = np.random.default_rng(3)
+    a, b = _normals(rng, 300, 1.5)
+    assert paired_auroc_difference(a, b, a, b) == (0.0, 0.0, 0.0)
+    # two views of the same images, one noisier: AUROC = Φ(shift / sqrt(2 (1 + noise²)))
+    shift, noise = 1.5, 1.0
+    truth = norm.cdf(shift / np.sqrt(2)) - norm.cdf(shift / np.sqrt(2 * (1 + noise ** 2)))
+    covered = 0
+    for _ in range(200):
+        ida, oda = rng.normal(0, 1, 300), rng.normal(shift, 1, 300)
+        idb, odb = ida + rng.normal(0, noise, 300), oda + rng.normal(0, noise, 300)
+        diff, lo, hi = paired_auroc_difference(ida, oda, idb, odb)
+        covered += lo <= truth <= hi
+        assert lo <= diff <= hi
+    assert covered / 200 >= 0.90
