@@ -172,6 +172,8 @@ def _add_evaluate(sub) -> None:
                    help="torch.compile the UNet with inductor freezing for long runs: auto = where it was "
                         "measured to repay its first call (docs/performance.md)")
     p.add_argument("--download", action="store_true", help="allow torchvision to download missing data sets")
+    p.add_argument("--quick", action="store_true", help="the default score alone: no per-t curve, no other score "
+                   "(one to four network calls per image for the shipped models)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="the paired AUROC difference of two named scores "
                    "(default, reconstruction, features, both, multi-t, a --methods kind) with its paired DeLong interval")
     p.add_argument("--out", default="diffood_eval", help="prefix of the CSVs written: PREFIX_scores.csv, PREFIX_summary.csv")
@@ -194,9 +196,9 @@ def _cmd_evaluate(a) -> int:
     cfg = from_args(EvalConfig, a)
     cfg = replace(cfg, methods=_methods(cfg.methods))
     ckpt = _load(a)
-    ckpt = _compiled(a, ckpt, pending_calls(cfg, ckpt))
+    ckpt = _compiled(a, ckpt, pending_calls(cfg, ckpt, default_only=a.quick))
     bar, progress = _progress_bar()
-    result = evaluate(cfg, ckpt, progress)
+    result = evaluate(cfg, ckpt, progress, default_only=a.quick)
     bar.close()
     if _main():
         result.scores.to_csv(f"{a.out}_scores.csv", index=False)

@@ -190,9 +190,12 @@ def _on_bank(spec: ScoreSpec, term: Features) -> ScoreSpec:
     return spec
 
 
-def plan(cfg: EvalConfig, checkpoint: Checkpoint) -> tuple[EvalConfig, dict[str, ScoreSpec], Pick, FeatureBank | None,
-                                                            list[str]]:
-    """(resolved config, named scores, pick, bank, notes) for an evaluation."""
+def plan(cfg: EvalConfig, checkpoint: Checkpoint, default_only: bool = False) -> tuple[
+        EvalConfig, dict[str, ScoreSpec], Pick, FeatureBank | None, list[str]]:
+    """(resolved config, named scores, pick, bank, notes) for an evaluation; `default_only`: the default score
+    alone and no curve."""
+    if default_only:
+        cfg = replace(cfg, ts=(), feature_ts=())
     cfg = resolve(cfg, checkpoint)
     pick = Pick.of(checkpoint)
     wants_features = any(isinstance(t, Features) for s in (cfg.score, *cfg.methods) if s for t in s.terms())
@@ -222,6 +225,8 @@ def plan(cfg: EvalConfig, checkpoint: Checkpoint) -> tuple[EvalConfig, dict[str,
     multi = combined_ts(cfg.multi_ts, cfg.ts) if cfg.ts else ()
     named = named_scores(replace(pick, default=fix(pick.default)), fix(cfg.score) if cfg.score else None, term,
                          multi, tuple(fix(m) for m in cfg.methods))
+    if default_only:
+        named = {DEFAULT: named[DEFAULT]}
     return replace(cfg, score=named[DEFAULT]), named, pick, bank, notes
 
 
@@ -292,10 +297,10 @@ def _store(cfg: EvalConfig, checkpoint: Checkpoint) -> ScoreStore:
     return ScoreStore(cfg.cache_dir or default_cache_dir(), checkpoint.path / "evals", cfg.recompute)
 
 
-def table_status(cfg: EvalConfig, checkpoint: Checkpoint) -> tuple[int, str]:
+def table_status(cfg: EvalConfig, checkpoint: Checkpoint, default_only: bool = False) -> tuple[int, str]:
     """(How many images `evaluate(cfg)` still has to run through the model (0: it only reads tables), which
     version of which tables it would read): the second changes whenever a table does."""
-    cfg, named, _, bank, _ = plan(cfg, checkpoint)
+    cfg, named, _, bank, _ = plan(cfg, checkpoint, default_only)
     store, sets = _store(cfg, checkpoint), image_sets(cfg, checkpoint)
     lpips_on = cfg.lpips and lpips_status().available
     ts = tables(cfg, checkpoint, named, bank, object() if lpips_on else None)
@@ -306,9 +311,9 @@ def pending_images(cfg: EvalConfig, checkpoint: Checkpoint) -> int:
     return table_status(cfg, checkpoint)[0]
 
 
-def pending_calls(cfg: EvalConfig, checkpoint: Checkpoint) -> int:
+def pending_calls(cfg: EvalConfig, checkpoint: Checkpoint, default_only: bool = False) -> int:
     """Network calls `evaluate(cfg)` still has to make: each missing part's images times its calls per image."""
-    cfg, named, _, bank, _ = plan(cfg, checkpoint)
+    cfg, named, _, bank, _ = plan(cfg, checkpoint, default_only)
     store, sets = _store(cfg, checkpoint), image_sets(cfg, checkpoint)
     terms = {table_name(t): t for s in named.values() for t in s.terms()}
     calls = 0
@@ -323,15 +328,13 @@ def pending_calls(cfg: EvalConfig, checkpoint: Checkpoint) -> int:
 def evaluate(cfg: EvalConfig, checkpoint: Checkpoint | None = None, progress: Progress | None = None,
              default_only: bool = False) -> EvalResult:
     """Score ID validation, ID test and each OOD set by every named score and curve (reading what the store
-    has) and summarise; `default_only`: by the default score alone (what a reference needs). `progress(done,
-    total, what)` is called as images are scored."""
+    has) and summarise; `default_only`: by the default score alone, no curve (what a reference needs, and
+    the cheap first answer). `progress(done, total, what)` is called as images are scored."""
     device = torch.device(cfg.device) if cfg.device else default_device()
     if checkpoint is None:
         checkpoint = load_checkpoint(cfg.checkpoint or DEFAULT_CHECKPOINT, device=device, precision=cfg.precision)
     device = next(checkpoint.model.parameters()).device
-    cfg, named, pick, bank, notes = plan(cfg, checkpoint)
-    if default_only:
-        named = {DEFAULT: named[DEFAULT]}
+    cfg, named, pick, bank, notes = plan(cfg, checkpoint, default_only)
     lpips_net = get_lpips(str(device)) if cfg.lpips else None
     store, sets = _store(cfg, checkpoint), image_sets(cfg, checkpoint)
 

@@ -71,3 +71,13 @@ def test_the_api_example_in_the_docs_runs(tmp_path, monkeypatch, capsys):
     exec(compile(block, "docs/cli.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "1 noise draw 1" in printed and "4 noise draws 20" in printed
+
+
+@pytest.mark.parametrize("name,ood", [("fashionmnist", "mnist"), ("mnist", "fashionmnist")])
+def test_the_readme_full_test_set_figures_are_the_recorded_tables(name, ood):
+    import pandas as pd
+
+    s = pd.read_csv(ROOT / "docs" / "results" / f"{name}-default-full-test-sets.csv")
+    row = s[(s["metric"] == "default") & (s["ood"] == ood)].iloc[0]
+    assert (row["n_id"], row["n_ood"]) == (10_000, 10_000)
+    assert f"{row['auroc']:.4f} [{row['auroc_lo']:.4f}, {row['auroc_hi']:.4f}]" in DOCS["README.md"]
