@@ -149,7 +149,7 @@ class FeatureBank:
         return path
 
     def check(self, term) -> None:
-        """Refuse a score whose feature term (scoring.KnnTerm) asks for another bank than this one."""
+        """Refuse a score whose feature term (scores.Features) asks for another bank than this one."""
         if term.spec != self.spec or term.bank != self.n:
             raise BankError(f"the score asks for a bank of {term.bank:,} images with {term.spec.describe()}; "
                             f"this checkpoint's bank holds {self.describe()}; rebuild it with `python -m diffood bank`")

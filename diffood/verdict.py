@@ -55,7 +55,7 @@ class Reference:
             raise DiffoodError(f"the target ID acceptance (TPR) must lie between 0 and 1, got {tpr}")
         spec = result.named[name] if isinstance(name, str) else name
         refs = result.references()
-        stats = fit_stats(spec, [t.columns(refs[table_name(t)], ["index"]) for t in spec.terms()])
+        stats = fit_stats([t.columns(refs[table_name(t)], ["index"]) for t in spec.terms()])
         scores = zmean_frame(spec, refs, refs, [])["score"].to_numpy()
         cfg = result.config
         feats = next((t for t in spec.terms() if isinstance(t, Features)), None)

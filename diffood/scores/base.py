@@ -184,8 +184,8 @@ class Stats:
         return np.mean(np.stack(per_term), axis=0)
 
 
-def fit_stats(spec: ScoreSpec, frames: list[pd.DataFrame]) -> Stats:
-    """Stats of a spec from its terms' component frames on ID validation images (columns as `columns` gives
+def fit_stats(frames: list[pd.DataFrame]) -> Stats:
+    """Stats from the component frames of a score's terms on ID validation images (columns as `columns` gives
     them, plus keys). A component NaN throughout (LPIPS unavailable) is left out."""
     means, stds, names = [], [], []
     for f in frames:
@@ -212,7 +212,7 @@ def zmean_frame(spec: ScoreSpec, scores: dict[str, pd.DataFrame], reference: dic
             raise ValueError(f"no {table} table for {term.describe()}")
         frames.append(term.columns(rows, [*[k for k in keys if k in rows.columns and k != "index"], "index"]))
         refs.append(term.columns(ref, ["index"]))
-    stats = fit_stats(spec, refs)
+    stats = fit_stats(refs)
     on = [c for c in frames[0].columns if c in TABLE_KEYS]
     base = frames[0][on]
     parts = [base.merge(f, on=on, how="left")[names].to_numpy(dtype=float) for f, names in zip(frames, stats.names)]
