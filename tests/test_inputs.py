@@ -80,8 +80,9 @@ def test_cli_scores_files_folders_and_archives_into_a_table(tiny_checkpoint, tmp
     by_file = table.set_index("file")
     for name in (str(folder / "shirt.png"), f"{archive}/dark.png"):  # each verdict is its score against the threshold
         row = by_file.loc[name]
-        assert row["verdict"] == ("likely OOD" if row["score"] > row["threshold"] else "looks in-distribution")
-        assert 0 <= row["percentile"] <= 100 and row["tpr"] == 0.95
+        score, threshold = float(row["score"]), float(row["threshold"])
+        assert row["verdict"] == ("likely OOD" if score > threshold else "looks in-distribution")
+        assert 0 <= float(row["percentile"]) <= 100 and float(row["tpr"]) == 0.95
     assert by_file.loc[f"{archive}/dark.png", "error"] == ""
     for bad in (str(folder / "broken.png"), f"{archive}/readme.txt", f"{archive}/huge.png"):
         assert by_file.loc[bad, "verdict"] == "error" and by_file.loc[bad, "error"], bad
