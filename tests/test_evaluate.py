@@ -263,15 +263,17 @@ def test_one_draw_reproduces_the_shipped_table():
 
 @pytest.mark.slow
 @needs_data
-def test_the_shipped_default_figure_comes_back_from_nothing(tmp_path):
-    """The shipped model's headline (default score vs MNIST, README and evals/summary.csv) recomputed with no
-    cached table: the data layer, preprocessing and checkpoint record must leave it as it was."""
-    shipped = pd.read_csv(DEFAULT_CHECKPOINT / "evals" / "summary.csv")
-    want = shipped[(shipped["ood"] == "mnist") & (shipped["metric"] == DEFAULT)].iloc[0]
-    cfg = EvalConfig(ood=("mnist",), ts=(700,), multi_ts=None, lpips=False,
-                     recompute=True, cache_dir=str(tmp_path), device="cpu")
-    result = evaluate(cfg)
-    got = result.summary[(result.summary["ood"] == "mnist") & (result.summary["metric"] == DEFAULT)].iloc[0]
-    assert got["calls"] == want["calls"] == 1 and got["n_id"] == want["n_id"] == 1000
+@pytest.mark.parametrize("name,ood", [("fashionmnist", "mnist"), ("mnist", "fashionmnist")])
+def test_the_shipped_default_figure_comes_back_from_nothing(tmp_path, name, ood):
+    """Each shipped model's headline (default score vs the other data set, README and evals/summary.csv)
+    recomputed with no cached table: the data layer, preprocessing and checkpoint record must leave it as it was."""
+    from diffood.model import SHIPPED_MODELS
+
+    shipped = pd.read_csv(SHIPPED_MODELS[name] / "evals" / "summary.csv")
+    want = shipped[(shipped["ood"] == ood) & (shipped["metric"] == DEFAULT)].iloc[0]
+    cfg = EvalConfig(checkpoint=name, ood=(ood,), lpips=False, recompute=True, cache_dir=str(tmp_path), device="cpu")
+    result = evaluate(cfg, default_only=True)  # the default score alone: 1 call per image (FashionMNIST), 4 (MNIST)
+    got = result.summary[(result.summary["ood"] == ood) & (result.summary["metric"] == DEFAULT)].iloc[0]
+    assert got["calls"] == want["calls"] and got["n_id"] == want["n_id"] == 1000
     assert got["auroc"] == pytest.approx(want["auroc"], abs=5e-4)
     assert got["fpr95"] == pytest.approx(want["fpr95"], abs=2e-3)
