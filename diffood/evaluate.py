@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,7 @@ from .errors import DiffoodError
 from .features import KNN_METRICS, FeatureBank, bank_at, checkpoint_bank
 from .images import to_model_input
 from .model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
+from .options import doc
 from .paths import from_env
 from .perceptual import get_lpips, lpips_status
 from .scores import DEFAULT, Context, Features, Pick, ScoreSpec, ZMean, named_scores, parse, table_name
@@ -49,48 +51,44 @@ def default_cache_dir() -> Path:
     return from_env("DIFFOOD_CACHE_DIR", "evals")
 
 
-def _help(text: str, **more) -> dict:
-    return {"help": text, **more}
-
-
 @dataclass
 class EvalConfig:
     """What an evaluation scores: which images, at which t, by which scores, and where tables are kept."""
 
-    checkpoint: str | None = field(default=None, metadata=_help("checkpoint folder, or a shipped model by name"))
-    ood: tuple[str, ...] | None = field(default=None, metadata=_help(
+    checkpoint: str | None = field(default=None, metadata=doc("checkpoint folder, or a shipped model by name"))
+    ood: tuple[str, ...] | None = field(default=None, metadata=doc(
         "OOD sets (default: the checkpoint's own); a torchvision name, a folder or .zip, <id>-vflip, -hflip, -invert, "
         "-shuffle, gaussian-noise, uniform"))
-    ts: tuple[int, ...] = field(default=DEFAULT_TS, metadata=_help(
+    ts: tuple[int, ...] = field(default=DEFAULT_TS, metadata=doc(
         "t of the per-t curves, one draw each (under torchrun, spell out --timesteps)", flags=("--t", "--timesteps")))
-    multi_ts: tuple[int, ...] | None = field(default=DEFAULT_MULTI_TS, metadata=_help(
+    multi_ts: tuple[int, ...] | None = field(default=DEFAULT_MULTI_TS, metadata=doc(
         "the t multi-t combines (given with no t: every t of the curves)", flags=("--multi-t",)))
-    score: ScoreSpec | str | None = field(default=None, metadata=_help(
+    score: ScoreSpec | str | None = field(default=None, metadata=doc(
         "the default score (default: the checkpoint's recorded pick), by name or with parameters as in "
         "'features(k=5, draws=2)'"))
-    methods: tuple[ScoreSpec | str, ...] = field(default=(), metadata=_help(
+    methods: tuple[ScoreSpec | str, ...] = field(default=(), metadata=doc(
         "more scores to report beside the default, each named as the score is"))
-    feature_ts: tuple[int, ...] = field(default=(), metadata=_help(
+    feature_ts: tuple[int, ...] = field(default=(), metadata=doc(
         "more noise levels t_f for the feature term's curve, one call each and a bank per t_f (the ROC page's: "
         + " ".join(map(str, FEATURE_CURVE_TS)) + ")", flags=("--feature-t",)))
-    tpr: float = field(default=0.95, metadata=_help("the verdicts' target ID acceptance: the summary's threshold"))
-    sampler: str = field(default=DEFAULT_SAMPLER, metadata=_help("how reconstructions are denoised", choices=SAMPLERS))
-    steps: int = field(default=DEFAULT_STEPS, metadata=_help("network calls per reconstruction (strided, ddim)"))
-    n: int = field(default=1000, metadata=_help("ID test images, and images per OOD set (under torchrun, spell out "
+    tpr: float = field(default=0.95, metadata=doc("the verdicts' target ID acceptance: the summary's threshold"))
+    sampler: str = field(default=DEFAULT_SAMPLER, metadata=doc("how reconstructions are denoised", choices=SAMPLERS))
+    steps: int = field(default=DEFAULT_STEPS, metadata=doc("network calls per reconstruction (strided, ddim)"))
+    n: int = field(default=1000, metadata=doc("ID test images, and images per OOD set (under torchrun, spell out "
                                                 "--images)", flags=("--n", "--images")))
-    n_val: int = field(default=500, metadata=_help("ID validation images: z-score statistics and the threshold"))
-    seed: int = field(default=0, metadata=_help("fixes the images drawn from each set and the noise"))
-    lpips: bool = field(default=True, metadata=_help("measure LPIPS beside MSE (--no-lpips: MSE only)"))
-    id_test: bool = field(default=True, metadata=_help(
+    n_val: int = field(default=500, metadata=doc("ID validation images: z-score statistics and the threshold"))
+    seed: int = field(default=0, metadata=doc("fixes the images drawn from each set and the noise"))
+    lpips: bool = field(default=True, metadata=doc("measure LPIPS beside MSE (--no-lpips: MSE only)"))
+    id_test: bool = field(default=True, metadata=doc(
         "score ID test images, the ID side of every AUROC (--no-id-test: ID validation and OOD sets only)"))
-    recompute: bool = field(default=False, metadata=_help("read no cached or shipped table: compute everything"))
-    precision: str = field(default="auto", metadata=_help(
+    recompute: bool = field(default=False, metadata=doc("read no cached or shipped table: compute everything"))
+    precision: str = field(default="auto", metadata=doc(
         "the UNet's: auto = bf16 on CUDA and on CPUs with native bf16 (AMX, AVX-512-bf16), else fp32",
         choices=PRECISIONS))
-    batch_size: int = field(default=256, metadata=_help("images per UNet call"))
-    data_dir: str | None = field(default=None, metadata=_help("torchvision's data folder (default $DIFFOOD_DATA_DIR)"))
-    cache_dir: str | None = field(default=None, metadata=_help("where tables are kept (default $DIFFOOD_CACHE_DIR)"))
-    device: str | None = field(default=None, metadata=_help("cuda, mps or cpu (default: the best available)"))
+    batch_size: int = field(default=256, metadata=doc("images per UNet call"))
+    data_dir: str | None = field(default=None, metadata=doc("torchvision's data folder (default $DIFFOOD_DATA_DIR)"))
+    cache_dir: str | None = field(default=None, metadata=doc("where tables are kept (default $DIFFOOD_CACHE_DIR)"))
+    device: str | None = field(default=None, metadata=doc("cuda, mps or cpu (default: the best available)"))
 
     def table_key(self, kind: str, checkpoint_key: str, **settings) -> str:
         """A table's file name: the hash of what changes its values."""
@@ -131,9 +129,9 @@ class EvalResult:
     bank: FeatureBank | None = None  # the checkpoint's feature bank, when it has one
     notes: list[str] = field(default_factory=list)  # what a reader should know, e.g. a score left without features
 
-    @property
+    @cached_property
     def scores(self) -> pd.DataFrame:
-        """The reconstruction and feature rows in one frame (KEY columns, METRICS, KNN_METRICS)."""
+        """The reconstruction and feature rows in one frame (KEY columns, METRICS, KNN_METRICS), merged once."""
         shared = [self.tables[n] for n in ("reconstruction", "features") if n in self.tables]
         if not shared:
             return pd.DataFrame(columns=TABLE_KEYS)

@@ -21,6 +21,7 @@ from .datasets import DataSpec, download_allowed, held_out, load_split, resolve_
 from .evaluate import DEFAULT_MULTI_TS, DEFAULT_TS, FEATURE_CURVE_TS, EvalConfig, evaluate
 from .features import BANK_NAME, BankError, build_bank, checkpoint_bank
 from .model import META_NAME, WEIGHTS_NAME, ModelConfig, file_sha256, load_checkpoint, record_score
+from .options import doc
 from .scores import Pick
 from .select import SelectConfig, pick_record, score_candidates
 from .train import TrainConfig, export_run, run
@@ -28,27 +29,23 @@ from .train import TrainConfig, export_run, run
 STAGES = ("train", "export", "select", "bank", "tables")
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class FitConfig:
     """From images to a ready model: what to train on, where it goes, how long."""
 
-    data: str = field(metadata=_help("the ID set: a torchvision name (fashionmnist, mnist, ...), or a folder or .zip "
+    data: str = field(metadata=doc("the ID set: a torchvision name (fashionmnist, mnist, ...), or a folder or .zip "
                                      "of images"))
-    out: str = field(metadata=_help("the checkpoint folder (its training run lives in OUT/run)"))
-    image_size: int = field(default=28, metadata=_help("images are fitted to this many px (28-64)"))
-    channels: int = field(default=1, metadata={"help": "1 grayscale, 3 RGB", "choices": (1, 3)})
-    epochs: float = field(default=20.0, metadata=_help("length of the learning-rate schedule"))
-    max_steps: int | None = field(default=None, metadata=_help("train this many steps at most, then go on"))
-    max_minutes: float | None = field(default=None, metadata=_help("train this many minutes at most, then go on"))
-    batch_size: int = field(default=128, metadata=_help("training images per step"))
-    seed: int = field(default=0, metadata=_help("fixes the training order, the noise and the protocol's images"))
-    data_dir: str | None = field(default=None, metadata=_help("torchvision's data folder, where folder specs are "
+    out: str = field(metadata=doc("the checkpoint folder (its training run lives in OUT/run)"))
+    image_size: int = field(default=28, metadata=doc("images are fitted to this many px (28-64)"))
+    channels: int = field(default=1, metadata=doc("1 grayscale, 3 RGB", choices=(1, 3)))
+    epochs: float = field(default=20.0, metadata=doc("length of the learning-rate schedule"))
+    max_steps: int | None = field(default=None, metadata=doc("train this many steps at most, then go on"))
+    max_minutes: float | None = field(default=None, metadata=doc("train this many minutes at most, then go on"))
+    batch_size: int = field(default=128, metadata=doc("training images per step"))
+    seed: int = field(default=0, metadata=doc("fixes the training order, the noise and the protocol's images"))
+    data_dir: str | None = field(default=None, metadata=doc("torchvision's data folder, where folder specs are "
                                                               "also looked for"))
-    device: str | None = field(default=None, metadata=_help("cuda, mps or cpu (default: the best available)"))
+    device: str | None = field(default=None, metadata=doc("cuda, mps or cpu (default: the best available)"))
 
 
 def select_budget(spec: DataSpec, data_dir: Path) -> dict:

@@ -10,6 +10,11 @@ import typing
 from dataclasses import MISSING, fields
 
 
+def doc(text: str, **more) -> dict:
+    """A config field's metadata: its help, and any of "flags", "choices"."""
+    return {"help": text, **more}
+
+
 def _base(hint):
     """(the type inside Optional, whether None is allowed)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -18,17 +23,17 @@ def _base(hint):
     return hint, False
 
 
-def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (), defaults: dict | None = None,
+def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (),
                 more_help: dict[str, str] | None = None) -> None:
-    """One option per field of dataclass `cls` not in `skip`; `defaults` replace the dataclass's; `more_help`
-    adds to a field's help what only the command knows (e.g. the kinds registered now)."""
+    """One option per field of dataclass `cls` not in `skip`; `more_help` adds to a field's help what only the
+    command knows (e.g. the kinds registered now)."""
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         if f.name in skip:
             continue
         meta, kind = f.metadata, _base(hints[f.name])[0]
-        default = (defaults or {}).get(f.name, f.default if f.default is not MISSING else None)
-        required = f.default is MISSING and f.default_factory is MISSING and f.name not in (defaults or {})
+        default = f.default if f.default is not MISSING else None
+        required = f.default is MISSING and f.default_factory is MISSING
         text = (meta.get("help", "") + (more_help or {}).get(f.name, "")).strip()
         names = [*meta.get("flags", ()), "--" + f.name.replace("_", "-")]
         kw: dict = {"dest": f.name, "help": text}

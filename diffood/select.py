@@ -30,6 +30,7 @@ from .evaluate import EvalConfig, default_cache_dir, evaluate
 from .features import BANK_DRAW, KS, LAYERS, POOLINGS, embed_set, knn_distances
 from .metrics import auroc
 from .model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
+from .options import doc
 from .scores import FALLBACK, Features, Pick, Reconstruction, ScoreSpec, ZMean
 from .scores.base import zmean_frame
 
@@ -39,43 +40,39 @@ METRIC_SETS = (("mse",), ("lpips",), ("mse", "lpips"))
 FEATURE_TS = (1, 10, 25, 50, 100, 200, 300)
 
 
-def _help(text: str, **more) -> dict:
-    return {"help": text, **more}
-
-
 @dataclass
 class SelectConfig:
     """The selection protocol's candidates and images."""
 
-    checkpoint: str | None = field(default=None, metadata=_help("checkpoint folder, or a shipped model by name"))
-    proxies: tuple[str, ...] = field(default=PROXIES, metadata=_help("proxy OOD sets, transforms of the ID set's"))
-    ts: tuple[int, ...] = field(default=CANDIDATE_TS, metadata=_help(
+    checkpoint: str | None = field(default=None, metadata=doc("checkpoint folder, or a shipped model by name"))
+    proxies: tuple[str, ...] = field(default=PROXIES, metadata=doc("proxy OOD sets, transforms of the ID set's"))
+    ts: tuple[int, ...] = field(default=CANDIDATE_TS, metadata=doc(
         "candidate t; candidates take runs of them (under torchrun, spell out --timesteps)", flags=("--t", "--timesteps")))
-    max_draws: int = field(default=4, metadata=_help("noise draws of reconstruction candidates, at most"))
-    sampler: str = field(default=DEFAULT_SAMPLER, metadata=_help("how reconstructions are denoised", choices=SAMPLERS))
-    steps: int = field(default=DEFAULT_STEPS, metadata=_help("network calls per reconstruction (strided, ddim)"))
-    max_calls: int = field(default=25, metadata=_help("network calls per image, at most"))
-    n_ref: int = field(default=300, metadata=_help("ID validation images for the z-score reference"))
-    n_id: int = field(default=300, metadata=_help("further ID validation images: the ID side of each AUROC"))
-    n_proxy: int = field(default=300, metadata=_help("images per proxy set"))
-    tolerance: float = field(default=0.002, metadata=_help("candidates this close to the best mean AUROC tie"))
-    feature_ts: tuple[int, ...] = field(default=FEATURE_TS, metadata=_help(
+    max_draws: int = field(default=4, metadata=doc("noise draws of reconstruction candidates, at most"))
+    sampler: str = field(default=DEFAULT_SAMPLER, metadata=doc("how reconstructions are denoised", choices=SAMPLERS))
+    steps: int = field(default=DEFAULT_STEPS, metadata=doc("network calls per reconstruction (strided, ddim)"))
+    max_calls: int = field(default=25, metadata=doc("network calls per image, at most"))
+    n_ref: int = field(default=300, metadata=doc("ID validation images for the z-score reference"))
+    n_id: int = field(default=300, metadata=doc("further ID validation images: the ID side of each AUROC"))
+    n_proxy: int = field(default=300, metadata=doc("images per proxy set"))
+    tolerance: float = field(default=0.002, metadata=doc("candidates this close to the best mean AUROC tie"))
+    feature_ts: tuple[int, ...] = field(default=FEATURE_TS, metadata=doc(
         "t_f of the feature candidates (none: reconstruction candidates only)", flags=("--feature-t",)))
-    layers: tuple[str, ...] = field(default=LAYERS, metadata=_help("UNet blocks of the feature candidates",
+    layers: tuple[str, ...] = field(default=LAYERS, metadata=doc("UNet blocks of the feature candidates",
                                                                    choices=LAYERS))
-    poolings: tuple[str, ...] = field(default=POOLINGS, metadata=_help("poolings of the feature candidates",
+    poolings: tuple[str, ...] = field(default=POOLINGS, metadata=doc("poolings of the feature candidates",
                                                                        choices=POOLINGS))
-    ks: tuple[int, ...] = field(default=KS, metadata=_help("k of the feature candidates"))
-    bank_sizes: tuple[int, ...] = field(default=(10_000,), metadata=_help("ID training images per bank"))
-    max_feature_draws: int = field(default=4, metadata=_help("noise draws of feature candidates, at most"))
-    combine_features: int = field(default=20, metadata=_help("best feature candidates combined with ..."))
-    combine_recon: int = field(default=10, metadata=_help("... the best reconstruction candidates"))
-    seed: int = field(default=0, metadata=_help("fixes the images drawn from each set and the noise"))
-    precision: str = field(default="auto", metadata=_help("the UNet's: auto = bf16 where the hardware computes it",
+    ks: tuple[int, ...] = field(default=KS, metadata=doc("k of the feature candidates"))
+    bank_sizes: tuple[int, ...] = field(default=(10_000,), metadata=doc("ID training images per bank"))
+    max_feature_draws: int = field(default=4, metadata=doc("noise draws of feature candidates, at most"))
+    combine_features: int = field(default=20, metadata=doc("best feature candidates combined with ..."))
+    combine_recon: int = field(default=10, metadata=doc("... the best reconstruction candidates"))
+    seed: int = field(default=0, metadata=doc("fixes the images drawn from each set and the noise"))
+    precision: str = field(default="auto", metadata=doc("the UNet's: auto = bf16 where the hardware computes it",
                                                           choices=PRECISIONS))
-    data_dir: str | None = field(default=None, metadata=_help("torchvision's data folder (default $DIFFOOD_DATA_DIR)"))
-    cache_dir: str | None = field(default=None, metadata=_help("where tables and embeddings are kept"))
-    device: str | None = field(default=None, metadata=_help("cuda, mps or cpu (default: the best available)"))
+    data_dir: str | None = field(default=None, metadata=doc("torchvision's data folder (default $DIFFOOD_DATA_DIR)"))
+    cache_dir: str | None = field(default=None, metadata=doc("where tables and embeddings are kept"))
+    device: str | None = field(default=None, metadata=doc("cuda, mps or cpu (default: the best available)"))
 
     def for_checkpoint(self, checkpoint: Checkpoint) -> "SelectConfig":
         """Proxy names made full for the checkpoint's ID set ("vflip" -> "<id>-vflip")."""

@@ -31,40 +31,37 @@ from .errors import CheckpointError
 from .files import atomic_save_safetensors, atomic_write_text
 from .images import to_model_input
 from .model import CheckpointMeta, ModelConfig, build_unet, count_parameters, save_checkpoint
+from .options import doc
 from .sets import IdData, default_ood, describe_data
 
 LOG_FIELDS = ["step", "images_seen", "epoch", "loss", "lr", "elapsed_s", "img_per_s"]
-
-
-def _help(text: str) -> dict:
-    return {"help": text}
 
 
 @dataclass
 class TrainConfig:
     """A training run: where it lives, what it learns, and how."""
 
-    run_dir: str = field(default="runs/fashionmnist-default", metadata=_help("where state, log and checkpoints go"))
+    run_dir: str = field(default="runs/fashionmnist-default", metadata=doc("where state, log and checkpoints go"))
     data: DataSpec = field(default_factory=DataSpec)  # the ID set; its size and channels are the model's
     model: ModelConfig = field(default_factory=ModelConfig)
-    epochs: float = field(default=20.0, metadata=_help("length of the learning-rate schedule"))
-    batch_size: int = field(default=128, metadata=_help("images per step, over all ranks"))
-    lr: float = field(default=1e-3, metadata=_help("peak learning rate (AdamW)"))
-    warmup_steps: int = field(default=500, metadata=_help("linear warm-up steps"))
-    min_lr_ratio: float = field(default=0.05, metadata=_help("the cosine decay's floor, as a share of lr"))
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW's weight decay"))
-    grad_clip: float = field(default=1.0, metadata=_help("gradient norm clip (0: none)"))
-    ema_decay: float = field(default=0.999, metadata=_help("decay of the exponential moving average exported"))
-    seed: int = field(default=0, metadata=_help("fixes the batches, t and noise of every step"))
-    save_every: int = field(default=500, metadata=_help("steps between saved states"))
-    log_every: int = field(default=50, metadata=_help("steps between log rows"))
-    channels_last: bool = field(default=True, metadata=_help("channels_last memory format (--no-channels-last: not)"))
-    compile: bool = field(default=False, metadata=_help("torch.compile the model"))
-    bf16: bool = field(default=True, metadata=_help("bf16 autocast on CUDA (--no-bf16: fp32); never on the CPU, "
+    epochs: float = field(default=20.0, metadata=doc("length of the learning-rate schedule"))
+    batch_size: int = field(default=128, metadata=doc("images per step, over all ranks"))
+    lr: float = field(default=1e-3, metadata=doc("peak learning rate (AdamW)"))
+    warmup_steps: int = field(default=500, metadata=doc("linear warm-up steps"))
+    min_lr_ratio: float = field(default=0.05, metadata=doc("the cosine decay's floor, as a share of lr"))
+    weight_decay: float = field(default=0.0, metadata=doc("AdamW's weight decay"))
+    grad_clip: float = field(default=1.0, metadata=doc("gradient norm clip (0: none)"))
+    ema_decay: float = field(default=0.999, metadata=doc("decay of the exponential moving average exported"))
+    seed: int = field(default=0, metadata=doc("fixes the batches, t and noise of every step"))
+    save_every: int = field(default=500, metadata=doc("steps between saved states"))
+    log_every: int = field(default=50, metadata=doc("steps between log rows"))
+    channels_last: bool = field(default=True, metadata=doc("channels_last memory format (--no-channels-last: not)"))
+    compile: bool = field(default=False, metadata=doc("torch.compile the model"))
+    bf16: bool = field(default=True, metadata=doc("bf16 autocast on CUDA (--no-bf16: fp32); never on the CPU, "
                                                     "where it was slower"))
-    data_dir: str | None = field(default=None, metadata=_help(
+    data_dir: str | None = field(default=None, metadata=doc(
         "torchvision's data folder, where folder specs are also looked for (default $DIFFOOD_DATA_DIR)"))
-    limit_images: int | None = field(default=None, metadata=_help("train on the first images only (smoke tests)"))
+    limit_images: int | None = field(default=None, metadata=doc("train on the first images only (smoke tests)"))
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
