@@ -180,12 +180,12 @@ def _add_evaluate(sub) -> None:
 
 
 def _methods(names) -> tuple[str, ...]:
-    """--methods as given, with 'all' for every registered kind but the composite."""
-    from .scores import KINDS
+    """--methods as given, with 'all' for every registered kind but the composite (scores.method_names)."""
+    from .scores import method_names
 
     out = []
     for name in names:
-        out += [k for k in KINDS if k != "zmean"] if name == "all" else [name]
+        out += method_names() if name == "all" else [name]
     return tuple(dict.fromkeys(out))
 
 
@@ -469,6 +469,40 @@ def streamlit_flags(config: Path) -> list[str]:
     return flags
 
 
+def _add_fit_score(sub) -> None:
+    p = sub.add_parser("fit-score", help="fit a method's density or covariance on ID training images, kept beside "
+                                         "the checkpoint (fits/)")
+    _add_common(p, sampler=False)
+    p.add_argument("--score", nargs="+", required=True, help="the methods to fit, named as --methods names them "
+                                                              "('all': every method that fits something)")
+    p.add_argument("--batch-size", type=int, default=256)
+
+
+def _cmd_fit_score(a) -> int:
+    from .scores import Context, Pick, parse
+    from .scores.base import Fitted, fit_and_save
+
+    ckpt = _load(a)
+    pick = Pick.of(ckpt)
+    specs = [parse(m, pick) for m in _methods(a.score)]
+    if "all" in a.score:
+        specs = [s for s in specs if isinstance(s, Fitted)]
+    for spec in specs:
+        start = time.perf_counter()
+        bar, progress = _progress_bar()
+        done = [0]
+
+        def step(k: int, spec=spec) -> None:
+            done[0] += k
+            progress(done[0], spec.train, spec.name)
+
+        path = fit_and_save(spec, Context(ckpt, batch_size=a.batch_size, data_dir=a.data_dir, progress=step), a.seed)
+        bar.close()
+        print(f"wrote {path}: {spec.describe()}; {time.perf_counter() - start:.1f} s, "
+              f"{spec.calls() * spec.train:,} network calls at most")
+    return 0
+
+
 def _cmd_app(a) -> int:
     script = app_script()
     extra = a.streamlit_args
@@ -481,6 +515,7 @@ COMMANDS = {
     "evaluate": (_add_evaluate, _cmd_evaluate),
     "select": (_add_select, _cmd_select),
     "bank": (_add_bank, _cmd_bank),
+    "fit-score": (_add_fit_score, _cmd_fit_score),
     "reconstruct": (_add_reconstruct, _cmd_reconstruct),
     "score": (_add_score, _cmd_score),
     "sample": (_add_sample, _cmd_sample),

@@ -149,13 +149,55 @@ def ddim_timesteps(t: int, steps: int) -> list[int]:
     return sorted({round(t * k / steps) for k in range(steps + 1)}, reverse=True)
 
 
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor, abar_next: torch.Tensor) -> torch.Tensor:
+    """One deterministic DDIM move (eta 0) from signal fraction `abar` to `abar_next`, either way along t:
+    x0 is predicted (clipped to [-1, 1]) and noised again with the same ε."""
+    return abar_next.sqrt() * _predict_x0(x, eps, abar) + (1 - abar_next).sqrt() * eps
+
+
 def _denoise_ddim(model, x: torch.Tensor, t: int, steps: int, abars: torch.Tensor, prediction: str) -> torch.Tensor:
     ts = ddim_timesteps(t, steps)
     for s, s_next in zip(ts[:-1], ts[1:]):
-        eps = _eps(model, x, s, abars, prediction)
-        x0 = _predict_x0(x, eps, abars[s])
-        x = abars[s_next].sqrt() * x0 + (1 - abars[s_next]).sqrt() * eps
+        x = ddim_step(x, _eps(model, x, s, abars, prediction), abars[s], abars[s_next])
     return x
+
+
+@torch.inference_mode()
+def ddim_invert(model, x: torch.Tensor, levels: list[int], scheduler: DDPMScheduler, precision: str = "fp32",
+                to_noise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DDIM path from x, taken as x at t = levels[0], up through `levels` (increasing t): one call at each
+    level but the last, or at every level with `to_noise` (the last move then ends at abar = 0, as DiffPath's
+    inversion does). Returns (the end of the path, the ε read along it: (calls, *x.shape)). As improved-diffusion's
+    reverse DDIM, ε is re-derived from the clipped x0 prediction, so path and ε agree where clipping acts."""
+    abars = alpha_bars(scheduler).to(x.device)
+    targets = [abars[t] for t in levels[1:]] + ([abars.new_zeros(())] if to_noise else [])
+    prediction, eps_seen = scheduler.config.prediction_type, []
+    with autocast(x.device, precision):
+        for s, abar_next in zip(levels, targets):
+            a = abars[s]
+            eps = (x - a.sqrt() * _predict_x0(x, _eps(model, x, s, abars, prediction), a)) / (1 - a).sqrt()
+            eps_seen.append(eps)
+            x = ddim_step(x, eps, a, abar_next)
+    return x, torch.stack(eps_seen) if eps_seen else x.new_zeros((0, *x.shape))
+
+
+@torch.inference_mode()
+def ddim_generate(model, x: torch.Tensor, levels: list[int], scheduler: DDPMScheduler,
+                  precision: str = "fp32") -> torch.Tensor:
+    """DDIM down through `levels` (decreasing t) from x at levels[0]: the reverse of `ddim_invert`."""
+    abars = alpha_bars(scheduler).to(x.device)
+    with autocast(x.device, precision):
+        for s, s_next in zip(levels[:-1], levels[1:]):
+            x = ddim_step(x, _eps(model, x, s, abars, scheduler.config.prediction_type), abars[s], abars[s_next])
+    return x
+
+
+@torch.inference_mode()
+def noise_prediction(model, x: torch.Tensor, t: int, scheduler: DDPMScheduler, precision: str = "fp32") -> torch.Tensor:
+    """ε_θ(x, t) in fp32 for x taken as x_t, whatever the model predicts."""
+    abars = alpha_bars(scheduler).to(x.device)
+    with autocast(x.device, precision):
+        return _eps(model, x, t, abars, scheduler.config.prediction_type)
 
 
 def posterior_mean(x: torch.Tensor, eps: torch.Tensor, t: int, abars: torch.Tensor, s: int | None = None) -> torch.Tensor:

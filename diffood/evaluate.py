@@ -20,13 +20,14 @@ import torch
 from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, SAMPLERS, STEPPED, default_device, network_calls
 from .errors import DiffoodError
 from .features import KNN_METRICS, FeatureBank, bank_at, checkpoint_bank
+from .fitted import load_fit
 from .images import to_model_input
 from .model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 from .options import doc
 from .paths import from_env
 from .perceptual import get_lpips, lpips_status
 from .scores import DEFAULT, Context, Features, Pick, ScoreSpec, ZMean, named_scores, parse, table_name
-from .scores.base import TABLE_KEYS, zmean_frame
+from .scores.base import TABLE_KEYS, Fitted, zmean_frame
 from .scoring import METRICS, distance_frame, embed_draws, score_images
 from .sets import load_images
 from .store import CacheWarning, Filled, Progress, ScoreStore, Table
@@ -341,7 +342,11 @@ def evaluate(cfg: EvalConfig, checkpoint: Checkpoint | None = None, progress: Pr
 
     wanted_roles = {"id_val", *(["id"] if cfg.id_test else [])}
     filled: dict[str, Filled] = {}
-    for table in tables(cfg, checkpoint, named, bank, lpips_net):
+    todo = tables(cfg, checkpoint, named, bank, lpips_net)
+    for term in {t for s in named.values() for t in s.terms() if isinstance(t, Fitted)}:
+        if store.missing(next(tb for tb in todo if tb.name == table_name(term)), sets):
+            load_fit(checkpoint, term)  # a missing fit is said in one line before anything is computed
+    for table in todo:
         f = store.fill(table, sets, images, progress)
         rows = f.rows
         keep = (rows["t"].map(table.need).fillna(0) > rows["draw"]) & (

@@ -70,10 +70,23 @@ def from_args(cls, args: argparse.Namespace, **overrides):
         kind, optional = _base(hints[f.name])
         if isinstance(v, list):
             inner = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else str
-            items = [p for item in v for p in str(item).split(",") if p]
+            items = [p for item in v for p in _split(str(item)) if p]
             try:
                 v = None if (not items and optional) else tuple(inner(p) if inner in (int, float) else p for p in items)
             except ValueError as e:
                 raise SystemExit(f"error: --{f.name.replace('_', '-')}: {e}") from e
         values[f.name] = v
     return cls(**(values | overrides))
+
+
+def _split(text: str) -> list[str]:
+    """Comma-separated values, commas inside parentheses kept: "a,b(x=1, y=2)" -> ["a", "b(x=1, y=2)"]."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    return [*parts, current.strip()]

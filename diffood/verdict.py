@@ -187,6 +187,18 @@ def judge(x: torch.Tensor, checkpoint: Checkpoint, reference: Reference, lpips=N
     return out
 
 
+def every_score(x: torch.Tensor, checkpoint: Checkpoint, result: EvalResult, tpr: float = TARGET_TPR,
+                lpips=None) -> pd.DataFrame:
+    """One image x (1, C, S, S) judged by every named score of `result` (its ID validation rows the references):
+    score, ID percentile, verdict and network calls, one row per score."""
+    rows = []
+    for name, spec in result.named.items():
+        v = judge(x, checkpoint, Reference.from_result(result, name, tpr), lpips)[0]
+        rows.append({"score": name, "value": v.score, "percentile": v.percentile, "threshold": v.threshold,
+                     "verdict": v.label, "calls": spec.calls(result.config.sampler, result.config.steps)})
+    return pd.DataFrame(rows)
+
+
 RESULT_COLUMNS = ["file", "score", "percentile", "verdict", "nearest_id_distance", "threshold", "tpr", "error"]
 
 

@@ -31,7 +31,7 @@ from diffood.evaluate import (
 from diffood.inputs import IMAGE_SUFFIXES, MAX_ENTRIES, expand, store_images
 from diffood.model import DEFAULT_CHECKPOINT, Checkpoint, find_checkpoints, load_checkpoint
 from diffood.perceptual import get_lpips, lpips_status
-from diffood.scores import COMBINED, FEATURES, KINDS, MULTI_T, RECONSTRUCTION
+from diffood.scores import COMBINED, FEATURES, MULTI_T, RECONSTRUCTION, method_names
 from diffood.verdict import TARGET_TPR
 
 APP = Path(__file__).parents[1] / "app.py"
@@ -147,7 +147,7 @@ def sidebar() -> None:
 
 def score_choices() -> list[str]:
     """What the sidebar offers beside the default: the named scores and every registered kind."""
-    return list(dict.fromkeys([RECONSTRUCTION, FEATURES, COMBINED, MULTI_T, *(k for k in KINDS if k != "zmean")]))
+    return list(dict.fromkeys([RECONSTRUCTION, FEATURES, COMBINED, MULTI_T, *method_names()]))
 
 
 def tpr() -> float:

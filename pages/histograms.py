@@ -1,13 +1,16 @@
 """Score histograms: ID vs OOD score distributions at one t, with a movable threshold."""
 
+from dataclasses import replace
+
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
 from diffood.diffusion import sampler_name
 from diffood.metrics import auroc, rates_at_threshold, threshold_at_tpr
+from diffood.scores import Pick, method_names, parse
 from diffood.scoring import METRICS
-from pages.common import checkpoint, evaluated_tables, through_app, tpr
+from pages.common import checkpoint, evaluated_tables, evaluation, through_app, tpr
 
 through_app()
 
@@ -15,10 +18,17 @@ st.title("Score histograms")
 cfg, result = evaluated_tables()
 
 scores, ood = result.scores, cfg.ood[0]
-metric = st.radio("Score", [*result.named, *METRICS], horizontal=True, key="hist_metric",
+pick = Pick.of(checkpoint())
+more = {spec.name: spec for spec in (parse(m, pick) for m in method_names()) if spec not in result.named.values()}
+metric = st.radio("Score", [*result.named, *more, *METRICS], horizontal=True, key="hist_metric",
                   help="\n\n".join(f"{name}: {spec.describe()}" for name, spec in result.named.items())
                   + "\n\nThe default was chosen on proxy OOD sets; reconstruction and features are its two terms alone; "
                     "multi-t is the z-mean of MSE and LPIPS over t = 500-900 (Graham et al., CVPR-W 2023). The others: one metric at one t, one noise draw.")
+if metric in more:  # a method the sidebar does not report: its own tables, computed on request
+    result = evaluation(replace(cfg, methods=(*cfg.methods, more[metric])), button=f"Compute {metric}")
+    if result is None:
+        st.stop()
+    metric = next(name for name, spec in result.named.items() if spec == more[metric])
 if metric in result.named:
     table = result.score_frame(metric)
     label = f"{metric} score"

@@ -6,9 +6,10 @@ from dataclasses import replace
 import plotly.graph_objects as go
 import streamlit as st
 
+from diffood.comparison import method_table, published
 from diffood.evaluate import FEATURE_CURVE_TS
 from diffood.metrics import POSITIVE_CLASS, roc_curve
-from diffood.scores import DEFAULT, FEATURES, MULTI_T, RECONSTRUCTION
+from diffood.scores import DEFAULT, FEATURES, MULTI_T, RECONSTRUCTION, method_names
 from diffood.scoring import METRICS
 from diffood.summary import describe_difference
 from pages.common import checkpoint, evaluated_tables, evaluation, through_app
@@ -110,6 +111,30 @@ if knn is not None:
                        ", where the AUROC is the feature term's." if knn.draws == 1 else
                        f"; there the feature term averages {knn.draws} draws ({calls(knn.draws)} per image): AUROC "
                        f"{feature['auroc']:.3f}, FPR95 {feature['fpr95']:.3f} (the diamond)."))
+
+st.subheader("Every method, side by side")
+every = evaluation(replace(cfg, methods=tuple(method_names())), button="Compute every method")
+if every is not None:
+    table = method_table(every.summary, ood)
+    st.dataframe(table.assign(described=[every.named[n].describe() if n in every.named else "" for n in table["score"]]),
+                 hide_index=True, column_config=number | {"pareto": st.column_config.CheckboxColumn("Pareto front")})
+    fig = go.Figure()
+    fig.add_scatter(x=table["calls"], y=table["auroc"], mode="markers+text", text=table["score"],
+                    textposition="top center", name="diffood, this model",
+                    error_y=dict(type="data", symmetric=False, array=table["auroc_hi"] - table["auroc"],
+                                 arrayminus=table["auroc"] - table["auroc_lo"]))
+    front = table[table["pareto"]]
+    fig.add_scatter(x=front["calls"], y=front["auroc"], mode="lines", line=dict(shape="hv", dash="dash"),
+                    name="Pareto front")
+    for p in published(checkpoint().data.name, ood):
+        fig.add_hline(y=p.auroc, line_dash="dot", line_color="gray",
+                      annotation_text=f"published: {p.method} {p.auroc:.3f} ({p.paper}; {p.model})")
+    fig.update_layout(title=f"AUROC against network calls per image: {checkpoint().data.label} vs {ood}",
+                      xaxis_title="network calls per image", xaxis_type="log", yaxis_title="AUROC",
+                      yaxis_range=[0, 1.02])
+    st.plotly_chart(fig, config={"toImageButtonOptions": {"format": "png", "filename": "diffood_methods"}})
+    st.caption("Every method on the same model, images and protocol; the bars are 95 % DeLong intervals. Dotted "
+               "lines are figures the papers published on their own models, for reference, not computed here.")
 
 st.subheader("ROC curves")
 c1, c2 = st.columns(2)

@@ -3,8 +3,10 @@ the training data, reconstructed, scored with the default score and placed again
 
 import hashlib
 import io
+from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 import torch
@@ -13,13 +15,14 @@ from PIL import Image
 from diffood.datasets import fetch, resolve_data_dir
 from diffood.diffusion import noise_for, reconstruct
 from diffood.errors import DiffoodError
+from diffood.evaluate import table_status
 from diffood.featuremap import embed_upload
 from diffood.features import FeatureBank, bank_images
 from diffood.images import to_pixels
 from diffood.inputs import Entry, expand
-from diffood.scores import RECONSTRUCTION
+from diffood.scores import RECONSTRUCTION, method_names
 from diffood.sets import load_images, load_user_image
-from diffood.verdict import Reference, judge, judge_entries
+from diffood.verdict import Reference, every_score, judge, judge_entries
 from pages.common import (
     UPLOAD_TYPES,
     checkpoint,
@@ -73,6 +76,29 @@ def score_one(data: bytes, invert: bool | None, path: str, sha: str, sampler: st
                              torch.Generator().manual_seed(seed + t), noise=noise_for(1, t, seed, x.shape[1:]), precision=ckpt.precision)
         recons[t] = to_display(to_pixels(rec[0]))
     return to_display(to_pixels(x[0]), 6), recons, verdict, evidence
+
+
+@st.cache_data(show_spinner="Scoring it by every method…", max_entries=64)
+def _every_score(data: bytes, invert: bool | None, path: str, sha: str, sampler: str, steps: int, seed: int,
+                 tpr_: float, version: str, _result) -> pd.DataFrame:
+    ckpt = load_model(path)
+    return every_score(load_user_image(data, invert=invert, id=ckpt.data), ckpt, _result, tpr_, lpips_net())
+
+
+def every_method(data_: bytes, invert: bool | None, settings: tuple) -> None:
+    """This image's score, ID percentile and verdict by every method, each against its own ID validation scores."""
+    st.subheader("Every method on this image")
+    cfg = replace(eval_config(reference_only=True), methods=tuple(method_names()))
+    result = evaluation(cfg, button="Score it by every method")
+    if result is None:
+        return
+    table = _every_score(data_, invert, *settings, tpr(), table_status(cfg, load_model(settings[0]))[1], result)
+    st.dataframe(table, hide_index=True, column_config={
+        "value": st.column_config.NumberColumn("score", format="%+.3f"),
+        "percentile": st.column_config.NumberColumn("ID percentile", format="%.1f"),
+        "threshold": st.column_config.NumberColumn(format="%+.3f")})
+    st.caption("Each score against its own ID validation images (higher = more OOD); its threshold accepts the "
+               "sidebar's share of them. Calls: network calls per image.")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -200,6 +226,7 @@ if len(entries) == 1:
         if verdict.neighbours is not None:
             nearest_images(verdict, reference)
         reconstruction_evidence(evidence, evidence_ref, shown, recons, evidence_ref is not reference)
+    every_method(entry.data, invert, settings)
     if reference.bank is not None:
         placed = s.setdefault("map_uploads", {})
         if st.button("Place it on the feature map", key="place_on_map", disabled=entry.name in placed):

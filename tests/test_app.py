@@ -3,6 +3,7 @@
 import io
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -385,3 +386,39 @@ def test_without_the_training_images_the_why_view_lists_distances_and_fetches_th
     assert sorted(fetched) == [("fashionmnist", False), ("fashionmnist", True)]
     captions = [img.proto.imgs[0].caption for img in app.get("image")]
     assert [c.split(":")[0] for c in captions if c.startswith("#")] == ["#1", "#2", "#3", "#4", "#5"]
+
+
+def test_every_method_side_by_side_offline_on_the_shipped_model(tmp_path, monkeypatch):
+    """The ROC page's method comparison on the shipped FashionMNIST model, from shipped tables: a row per method
+    with its calls, the Pareto front, and the published figures marked as such; Score your image gives one
+    image's score and percentile by every method."""
+    import json
+
+    from diffood.model import SHIPPED_MODELS
+    monkeypatch.setenv("DIFFOOD_DATA_DIR", str(tmp_path))  # no data: the shipped sample and tables only
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.session_state["checkpoint"] = str(SHIPPED_MODELS["fashionmnist"])
+    at.run()
+    goto(at, "pages/roc.py")
+    _ok(at)
+    assert not [b for b in at.button if b.label.startswith("Compute")]
+    [table] = [d.value for d in at.dataframe if "pareto" in d.value.columns]
+    assert {"diffpath-6d", "diffpath-1d", "msma", "gaussian", "gaussian-diagonal", "likelihood"} <= set(table["score"])
+    assert list(table["calls"]) == sorted(table["calls"])
+    best_so_far = table["auroc"].cummax().shift(fill_value=-1)
+    assert list(table["pareto"]) == list(table["auroc"] > best_so_far)
+    assert table.set_index("score").loc["likelihood", "auroc"] < 0.2  # MNIST is *more* likely (Nalisnick et al.)
+    [chart] = [json.loads(c.proto.spec) for c in at.get("plotly_chart")
+               if "AUROC against network calls" in json.loads(c.proto.spec)["layout"]["title"]["text"]]
+    assert chart["layout"]["xaxis"]["type"] == "log"
+    notes = [a["text"] for a in chart["layout"]["annotations"]]
+    assert any(n.startswith("published: DiffPath 0.991 (Heng, Thiery & Soh, NeurIPS 2024") for n in notes)
+
+    goto(at, "pages/upload.py")
+    at.radio(key="upload_source").set_value("Example: mnist image").run()
+    _ok(at)
+    [every] = [d.value for d in at.dataframe if "percentile" in d.value.columns and "calls" in d.value.columns]
+    names = {n for n in every["score"]}
+    assert {"default", "msma", "diffpath-6d", "likelihood", "gaussian"} <= names
+    assert every["percentile"].between(0, 100).all()
+    assert (every["verdict"] == np.where(every["value"] > every["threshold"], "likely OOD", "looks in-distribution")).all()

@@ -11,7 +11,8 @@ from diffood.cli import main
 from tests.conftest import ROOT, needs_data
 
 
-@pytest.mark.parametrize("command", ["evaluate", "select", "reconstruct", "score", "sample", "train", "export", "app"])
+@pytest.mark.parametrize("command", ["evaluate", "select", "reconstruct", "score", "sample", "train", "export", "app",
+                                     "fit-score"])
 def test_help_works_offline(command):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "no_proxy": "*", "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
     out = subprocess.run([sys.executable, "-m", "diffood", command, "--help"], cwd=ROOT, env=env,
@@ -103,3 +104,25 @@ def test_every_config_field_is_an_option_with_its_doc(command, config, skip, cap
         flag = f"--{'no-' if f.default is True else ''}{f.name.replace('_', '-')}"
         assert flag in text, (command, flag)
         assert " ".join(f.metadata.get("help", "").split()[:4]) in text, (command, f.name)
+
+
+@needs_data
+def test_fit_score_fits_what_evaluate_then_reads(tiny_checkpoint, tmp_path, capsys):
+    """Without its fit a method's evaluation stops in one line that names `diffood fit-score`; after it, the
+    method's row is in the summary with its calls."""
+    import shutil
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(tiny_checkpoint, folder)
+    method = "msma(ts=1 10 100, train=40)"
+    args = ["evaluate", "--checkpoint", str(folder), "--t", "100", "--n", "8", "--n-val", "8", "--steps", "2",
+            "--ood", "uniform", "--methods", method, "--out", str(tmp_path / "ev")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "has no fitted msma" in err and "diffood fit-score" in err
+    assert len(err.strip().splitlines()) == 1  # and nothing was computed before it
+    assert main(["fit-score", "--checkpoint", str(folder), "--score", method]) == 0
+    assert "wrote" in capsys.readouterr().out and len(list((folder / "fits").glob("msma-*.safetensors"))) == 1
+    assert main(args) == 0
+    row = pd.read_csv(tmp_path / "ev_summary.csv").set_index("metric").loc["msma"]
+    assert row["calls"] == 3 and 0 <= row["auroc"] <= 1

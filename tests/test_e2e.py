@@ -262,6 +262,9 @@ def test_every_page_opens_with_each_shipped_model(server, browser, shots, model)
         page.get_by_text(marker).first.wait_for()
         assert not page.get_by_text("Compute now").count(), (model, link)  # its shipped tables serve the defaults
         assert not page.get_by_text("Compute the feature curve").count(), (model, link)
+        if link == "ROC / AUROC vs t":  # every method side by side, from shipped tables, offline
+            page.get_by_text("Dotted lines are figures the papers published").wait_for()
+            assert not page.get_by_text("Compute every method").count(), model
     page.close()
 
 

@@ -14,12 +14,16 @@ from dataclasses import dataclass, field, fields
 
 from ..errors import DiffoodError
 from .base import KINDS, Context, ScoreSpec, Stats, UnknownKind, fit_stats, from_dict, register, table_name, zmean_frame
+from .diffpath import DiffPath
+from .gaussian import GaussianHead
 from .knn import Features
+from .likelihood import Likelihood
+from .msma import MSMA
 from .reconstruction import Reconstruction
 from .zmean import ZMean
 
-__all__ = ["KINDS", "Context", "Features", "Pick", "Reconstruction", "ScoreSpec", "Stats", "UnknownKind", "ZMean",
-           "fit_stats", "from_dict", "named_scores", "parse", "register", "table_name", "zmean_frame",
+__all__ = ["KINDS", "Context", "DiffPath", "Features", "GaussianHead", "Likelihood", "MSMA", "Pick", "Reconstruction", "ScoreSpec", "Stats", "UnknownKind", "ZMean",
+           "fit_stats", "from_dict", "method_names", "named_scores", "parse", "register", "table_name", "zmean_frame",
            "DEFAULT", "RECONSTRUCTION", "FEATURES", "COMBINED", "MULTI_T", "PICK_VERSION"]
 
 # the scores an evaluation names, in tables and pages
@@ -151,7 +155,7 @@ def parse(text: str | dict | ScoreSpec, pick: Pick | None = None) -> ScoreSpec:
         base = presets[name]
     elif name in KINDS:
         try:
-            base = KINDS[name]()
+            base = KINDS[name].for_pick(pick)
         except TypeError as e:
             raise DiffoodError(f"score kind {name!r} needs its parameters: {name}(param=value, ...) ({e})") from e
     else:
@@ -178,3 +182,8 @@ def parse(text: str | dict | ScoreSpec, pick: Pick | None = None) -> ScoreSpec:
 def _with(base: ScoreSpec, changes: dict) -> ScoreSpec:
     params = {f.name: getattr(base, f.name) for f in fields(base)} | changes
     return type(base).from_params(params)
+
+
+def method_names() -> list[str]:
+    """What `--methods all` reports: every kind but the composite, each in the settings it is compared in."""
+    return [v for name, cls in KINDS.items() if name != "zmean" for v in (cls.variants or (name,))]

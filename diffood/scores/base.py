@@ -24,6 +24,9 @@ import torch
 
 from ..diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..errors import DiffoodError
+from ..fitted import load_fit, save_fit
+from ..images import to_model_input
+from ..sets import load_images
 
 SPEC_VERSION = 1
 KINDS: dict[str, type["ScoreSpec"]] = {}  # kind name -> spec class, filled by @register
@@ -69,6 +72,14 @@ class ScoreSpec:
 
     kind: ClassVar[str] = ""
     table: ClassVar[str] = ""  # the shared table its rows live in ("reconstruction", "features"), or "": its own
+    variants: ClassVar[tuple[str, ...]] = ()  # how `--methods all` names it: its settings worth comparing (default: kind)
+    paper: ClassVar[str] = ""  # the publication it follows, for tables and pages
+
+    @classmethod
+    def for_pick(cls, pick) -> "ScoreSpec":
+        """The kind's default spec for a checkpoint whose pick (scores.Pick) is `pick`: its defaults, unless
+        the kind reads something the pick decides (e.g. the feature layer the bank holds)."""
+        return cls()
 
     # what it is
     def calls(self, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS) -> int:
@@ -131,6 +142,14 @@ class ScoreSpec:
         """Its name in tables and pages, unless a caller names it (e.g. "default")."""
         return self.kind
 
+    def text(self) -> str:
+        """How a user types it (what `scores.parse` reads): kind(param=value, ...) with the parameters that
+        differ from the kind's defaults."""
+        default = {f.name: f.default for f in fields(self)}
+        changed = [f"{k}={' '.join(map(str, v)) if isinstance(v, tuple) else v}"
+                   for k, v in ((f.name, getattr(self, f.name)) for f in fields(self)) if v != default[k]]
+        return f"{self.kind}({', '.join(changed)})" if changed else self.kind
+
 
 def _plain(v):
     if isinstance(v, ScoreSpec):
@@ -150,6 +169,10 @@ def _typed(v, hint):
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return None if v is None else _typed(v, args[0])
+    if hint is bool and isinstance(v, str):
+        if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"expected true or false, got {v!r}")
+        return v.lower() in ("true", "1", "yes")
     if hint in (int, float, str) and v is not None:
         return hint(v)
     return v
@@ -222,3 +245,53 @@ def zmean_frame(spec: ScoreSpec, scores: dict[str, pd.DataFrame], reference: dic
 def table_name(spec: ScoreSpec) -> str:
     """The store table a term's rows live in: a shared one, or one of its own named by kind and key."""
     return spec.table or f"{spec.kind}-{spec.key}"
+
+
+class Fitted:
+    """A kind scored against a state fitted on ID training images (a density, a covariance), kept with the
+    checkpoint (fitted.py). Mix in before ScoreSpec, declare a `train` field (the images it is fitted on) and
+    implement `statistics` (per-image values, the network calls) and `fit_statistics` / `score_statistics`."""
+
+    def statistics(self, ctx: Context, x: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def fit_statistics(self, stats: np.ndarray, seed: int = 0) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def score_statistics(self, stats: np.ndarray, state: dict[str, torch.Tensor]) -> np.ndarray:
+        """(N, D) components from the statistics, higher = more OOD."""
+        raise NotImplementedError
+
+    def training_statistics(self, ctx: Context) -> np.ndarray:
+        """The statistics of the first `train` ID training images (the seed-0 order the feature bank uses)."""
+        x = to_model_input(load_images(ctx.checkpoint.data.name, "train", self.train, 0, ctx.data_dir,
+                                       id=ctx.checkpoint.data)).to(ctx.device)
+        return self.statistics(ctx, x)
+
+    def fit(self, ctx: Context) -> dict[str, torch.Tensor]:
+        """The checkpoint's fitted state; fitted.NotFitted (one line, with the command that fits it) when absent."""
+        return load_fit(ctx.checkpoint, self)[0]
+
+    def components(self, ctx: Context, x: torch.Tensor, state=None) -> torch.Tensor:
+        state = state if state is not None else self.fit(ctx)
+        return torch.as_tensor(self.score_statistics(self.statistics(ctx, x), state))
+
+
+def fit_and_save(spec: ScoreSpec, ctx: Context, seed: int = 0):
+    """Fit a Fitted kind on the checkpoint's ID training images and save the state beside it: its path."""
+    if not isinstance(spec, Fitted):
+        raise DiffoodError(f"{spec.name} fits nothing: it is scored without a fitted state")
+    state = spec.fit_statistics(spec.training_statistics(ctx), seed)
+    source = {"dataset": ctx.checkpoint.data.name, "split": "train", "n": spec.train, "order_seed": 0, "seed": seed}
+    return save_fit(ctx.checkpoint, spec, state, source)
+
+
+def batched(ctx: Context, x: torch.Tensor, fn: Callable[[torch.Tensor, slice], np.ndarray]) -> np.ndarray:
+    """fn(batch, its rows) over x in batches of ctx.batch_size, concatenated; ctx.progress after each batch."""
+    out = []
+    for start in range(0, len(x), ctx.batch_size):
+        rows = slice(start, min(start + ctx.batch_size, len(x)))
+        out.append(np.asarray(fn(x[rows], rows), dtype=np.float64))
+        if ctx.progress:
+            ctx.progress(rows.stop - rows.start)
+    return np.concatenate(out) if out else np.zeros((0, 0))
