@@ -88,4 +88,4 @@ class Features(ScoreSpec):
 
     def components(self, ctx: Context, x: torch.Tensor, state: FeatureBank | None = None) -> torch.Tensor:
         frame = self.component_frame(ctx, x, state)
-        return torch.as_tensor(frame[[f"{self.metric}@{self.t}"]].to_numpy(dtype=float))
+        return torch.tensor(frame[[f"{self.metric}@{self.t}"]].to_numpy(dtype=float))
