@@ -176,6 +176,9 @@ def _add_evaluate(sub) -> None:
                    "(one to four network calls per image for the shipped models)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="the paired AUROC difference of two named scores "
                    "(default, reconstruction, features, both, multi-t, a --methods kind) with its paired DeLong interval")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="evaluate once per seed (other images where "
+                   "a set is subsampled, other noise) and report each score's AUROC and FPR95 as mean ± sd over them "
+                   "(PREFIX_seeds.csv); the tables and summary written are those of the first seed")
     p.add_argument("--out", default="diffood_eval", help="prefix of the CSVs written: PREFIX_scores.csv, PREFIX_summary.csv")
 
 
@@ -194,9 +197,9 @@ def _cmd_evaluate(a) -> int:
     from .options import from_args
 
     cfg = from_args(EvalConfig, a)
-    cfg = replace(cfg, methods=_methods(cfg.methods))
+    cfg = replace(cfg, methods=_methods(cfg.methods), seed=a.seeds[0] if a.seeds else cfg.seed)
     ckpt = _load(a)
-    ckpt = _compiled(a, ckpt, pending_calls(cfg, ckpt, default_only=a.quick))
+    ckpt = _compiled(a, ckpt, pending_calls(cfg, ckpt, default_only=a.quick) * len(a.seeds or [0]))
     bar, progress = _progress_bar()
     result = evaluate(cfg, ckpt, progress, default_only=a.quick)
     bar.close()
@@ -221,8 +224,29 @@ def _cmd_evaluate(a) -> int:
             print(f"{row['ood']}: {describe_difference(row)} (paired DeLong, 95 %)")
         if _main():
             table.to_csv(f"{a.out}_compare.csv", index=False)
+    if a.seeds:
+        _over_seeds(a, cfg, ckpt, result)
     print(f"\nscores {source}; wrote {a.out}_scores.csv and {a.out}_summary.csv")
     return 0
+
+
+def _over_seeds(a, cfg, ckpt, first) -> None:
+    """`evaluate --seeds`: the same evaluation at each further seed, and each score's spread over them."""
+    from .evaluate import evaluate
+    from .summary import over_seeds
+
+    summaries = {cfg.seed: first.summary}
+    for seed in [s for s in a.seeds if s != cfg.seed]:
+        bar, progress = _progress_bar()
+        summaries[seed] = evaluate(replace(cfg, seed=seed), ckpt, progress, default_only=a.quick).summary
+        bar.close()
+    table = over_seeds(summaries)
+    print(f"\nover seeds {', '.join(map(str, summaries))}: AUROC and FPR95, mean ± sd")
+    for row in table.to_dict("records"):
+        print(f"  {row['ood']}: {row['metric']}: AUROC {row['auroc_mean']:.4f} ± {row['auroc_sd']:.4f}, "
+              f"FPR95 {row['fpr95_mean']:.3f} ± {row['fpr95_sd']:.3f}")
+    if _main():
+        table.to_csv(f"{a.out}_seeds.csv", index=False)
 
 
 def _add_select(sub) -> None:

@@ -200,6 +200,13 @@ def noise_prediction(model, x: torch.Tensor, t: int, scheduler: DDPMScheduler, p
         return _eps(model, x, t, abars, scheduler.config.prediction_type)
 
 
+def one_step(abars: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ᾱ_t, ᾱ_{t-1}, β_t, β̃_t) of the single step from t to t - 1: β̃_t is the variance of q(x_{t-1} | x_t, x0)."""
+    a, a_prev = abars[t], abars[t - 1]
+    beta = 1 - a / a_prev
+    return a, a_prev, beta, beta * (1 - a_prev) / (1 - a)
+
+
 def posterior_mean(x: torch.Tensor, eps: torch.Tensor, t: int, abars: torch.Tensor, s: int | None = None) -> torch.Tensor:
     """Mean of q(x_s | x_t, x0_hat), s < t (default t - 1): the DDPM step without its noise (Ho et al. eq. 7).
 

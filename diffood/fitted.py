@@ -55,6 +55,15 @@ def load_fit(checkpoint, spec) -> tuple[dict[str, torch.Tensor], dict]:
                     f"with `diffood fit-score --checkpoint {checkpoint.path} --score '{spec.text()}'`")
 
 
+def has_fit(checkpoint, spec) -> bool:
+    """Whether the spec's fitted state for this checkpoint can be read."""
+    try:
+        load_fit(checkpoint, spec)
+    except NotFitted:
+        return False
+    return True
+
+
 def _read(path: Path, checkpoint, spec) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         with safe_open(str(path), framework="pt") as f:

@@ -111,3 +111,15 @@ def describe_difference(row) -> str:
     """"default vs reconstruction: +0.008 [+0.004, +0.012]", or "... no difference" when the interval holds 0."""
     text = f"{row['a']} vs {row['b']}: {row['difference']:+.4f} [{row['lo']:+.4f}, {row['hi']:+.4f}]"
     return text + (" (no difference)" if row["verdict"] == "no difference" else "")
+
+
+def over_seeds(summaries: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Each named score's rates over evaluation seeds (other images where a set is subsampled, other noise):
+    per OOD set and score, the mean and standard deviation (n - 1) of AUROC and FPR95, and the AUROC at each seed."""
+    rows = pd.concat([s[s["t"].isna()].assign(seed=seed) for seed, s in summaries.items()], ignore_index=True)
+    stats = rows.groupby(["ood", "metric"], sort=False).agg(
+        auroc_mean=("auroc", "mean"), auroc_sd=("auroc", "std"), fpr95_mean=("fpr95", "mean"),
+        fpr95_sd=("fpr95", "std"), seeds=("seed", "count"))
+    each = rows.pivot_table(index=["ood", "metric"], columns="seed", values="auroc", sort=False)
+    each.columns = [f"auroc_seed{c}" for c in each.columns]
+    return stats.join(each).reset_index()

@@ -7,6 +7,7 @@ import runpy
 import threading
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,13 @@ from diffood.evaluate import (
     from_json,
     table_status,
 )
+from diffood.features import checkpoint_bank
+from diffood.fitted import has_fit
 from diffood.inputs import IMAGE_SUFFIXES, MAX_ENTRIES, expand, store_images
 from diffood.model import DEFAULT_CHECKPOINT, Checkpoint, find_checkpoints, load_checkpoint
 from diffood.perceptual import get_lpips, lpips_status
-from diffood.scores import COMBINED, FEATURES, MULTI_T, RECONSTRUCTION, method_names
+from diffood.scores import COMBINED, FEATURES, MULTI_T, RECONSTRUCTION, Features, Pick, method_names, parse
+from diffood.scores.base import Fitted
 from diffood.verdict import TARGET_TPR
 
 APP = Path(__file__).parents[1] / "app.py"
@@ -148,6 +152,22 @@ def sidebar() -> None:
 def score_choices() -> list[str]:
     """What the sidebar offers beside the default: the named scores and every registered kind."""
     return list(dict.fromkeys([RECONSTRUCTION, FEATURES, COMBINED, MULTI_T, *method_names()]))
+
+
+def with_every_method(cfg: EvalConfig) -> EvalConfig:
+    """cfg reporting every method this checkpoint can score (scores.method_names); one lacking its feature bank
+    or its fit is left out, and the page says which and the command that makes it."""
+    ckpt = checkpoint()
+    pick, bank = Pick.of(ckpt), checkpoint_bank(ckpt)
+    usable, left = [], []
+    for spec in (parse(m, pick) for m in method_names()):
+        needs_bank = bank is None and any(isinstance(t, Features) for t in spec.terms())
+        (left if needs_bank or (isinstance(spec, Fitted) and not has_fit(ckpt, spec)) else usable).append(spec)
+    if left:
+        st.info(f"Left out: {', '.join(s.name for s in left)}, which need{'s' * (len(left) == 1)} a feature bank or a "
+                f"fit on ID training images this checkpoint lacks: `diffood bank` and `diffood fit-score --checkpoint "
+                f"{ckpt.path} --score all` make them.", icon=":material/info:")
+    return replace(cfg, methods=tuple(usable))
 
 
 def tpr() -> float:

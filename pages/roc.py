@@ -9,10 +9,10 @@ import streamlit as st
 from diffood.comparison import method_table, published
 from diffood.evaluate import FEATURE_CURVE_TS
 from diffood.metrics import POSITIVE_CLASS, roc_curve
-from diffood.scores import DEFAULT, FEATURES, MULTI_T, RECONSTRUCTION, method_names
+from diffood.scores import DEFAULT, FEATURES, MULTI_T, RECONSTRUCTION
 from diffood.scoring import METRICS
 from diffood.summary import describe_difference
-from pages.common import checkpoint, evaluated_tables, evaluation, through_app
+from pages.common import checkpoint, evaluated_tables, evaluation, through_app, with_every_method
 
 through_app()
 
@@ -113,7 +113,7 @@ if knn is not None:
                        f"{feature['auroc']:.3f}, FPR95 {feature['fpr95']:.3f} (the diamond)."))
 
 st.subheader("Every method, side by side")
-every = evaluation(replace(cfg, methods=tuple(method_names())), button="Compute every method")
+every = evaluation(with_every_method(cfg), button="Compute every method")
 if every is not None:
     table = method_table(every.summary, ood)
     st.dataframe(table.assign(described=[every.named[n].describe() if n in every.named else "" for n in table["score"]]),

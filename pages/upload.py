@@ -3,7 +3,6 @@ the training data, reconstructed, scored with the default score and placed again
 
 import hashlib
 import io
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -20,7 +19,7 @@ from diffood.featuremap import embed_upload
 from diffood.features import FeatureBank, bank_images
 from diffood.images import to_pixels
 from diffood.inputs import Entry, expand
-from diffood.scores import RECONSTRUCTION, method_names
+from diffood.scores import RECONSTRUCTION
 from diffood.sets import load_images, load_user_image
 from diffood.verdict import Reference, every_score, judge, judge_entries
 from pages.common import (
@@ -34,6 +33,7 @@ from pages.common import (
     through_app,
     to_display,
     tpr,
+    with_every_method,
 )
 
 through_app()
@@ -88,7 +88,7 @@ def _every_score(data: bytes, invert: bool | None, path: str, sha: str, sampler:
 def every_method(data_: bytes, invert: bool | None, settings: tuple) -> None:
     """This image's score, ID percentile and verdict by every method, each against its own ID validation scores."""
     st.subheader("Every method on this image")
-    cfg = replace(eval_config(reference_only=True), methods=tuple(method_names()))
+    cfg = with_every_method(eval_config(reference_only=True))
     result = evaluation(cfg, button="Score it by every method")
     if result is None:
         return

@@ -222,7 +222,7 @@ def test_with_a_feature_bank_the_pages_show_both_terms_and_the_nearest_id_images
     goto(app, "pages/upload.py")
     app.radio(key="upload_source").set_value("Example: mnist image").run()
     _computed(app)
-    assert [h.value for h in app.subheader] == ["Why this verdict"]
+    assert [h.value for h in app.subheader] == ["Why this verdict", "Every method on this image"]
     evidence = " ".join(m.value for m in app.markdown)
     assert "nearest ID training images in the model's own feature space" in evidence
     assert "the reconstruction score alone says" in evidence
@@ -330,6 +330,21 @@ def test_the_feature_space_page_opens_offline_with_each_shipped_model(model, tmp
 
 
 @pytest.mark.slow
+def shipped_roc_page(name, tmp_path, monkeypatch):
+    """The ROC page on a shipped model with no data folder (the shipped sample and tables only), opened with
+    nothing to compute."""
+    from diffood.model import SHIPPED_MODELS
+
+    monkeypatch.setenv("DIFFOOD_DATA_DIR", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.session_state["checkpoint"] = str(SHIPPED_MODELS[name])
+    at.run()
+    goto(at, "pages/roc.py")
+    _ok(at)
+    assert not [b for b in at.button if b.label.startswith("Compute")]
+    return at
+
+
 def test_the_roc_page_shows_the_mnist_models_own_pick_offline(tmp_path, monkeypatch):
     """The MNIST model scores with the pick its own proxies chose (4 draws at t_f = 300), from shipped tables."""
     import json
@@ -338,13 +353,7 @@ def test_the_roc_page_shows_the_mnist_models_own_pick_offline(tmp_path, monkeypa
 
     from diffood.model import SHIPPED_MODELS
 
-    monkeypatch.setenv("DIFFOOD_DATA_DIR", str(tmp_path))  # no data: the shipped sample and tables only
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240)
-    at.session_state["checkpoint"] = str(SHIPPED_MODELS["mnist"])
-    at.run()
-    goto(at, "pages/roc.py")
-    _ok(at)
-    assert not [b for b in at.button if b.label.startswith("Compute")]
+    at = shipped_roc_page("mnist", tmp_path, monkeypatch)
     assert not any("records no score of its own" in i.value for i in at.info)
     summary = pd.read_csv(SHIPPED_MODELS["mnist"] / "evals" / "summary.csv")
     default = summary[(summary["metric"] == "default") & (summary["ood"] == "fashionmnist")].iloc[0]
@@ -394,14 +403,7 @@ def test_every_method_side_by_side_offline_on_the_shipped_model(tmp_path, monkey
     image's score and percentile by every method."""
     import json
 
-    from diffood.model import SHIPPED_MODELS
-    monkeypatch.setenv("DIFFOOD_DATA_DIR", str(tmp_path))  # no data: the shipped sample and tables only
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    at.session_state["checkpoint"] = str(SHIPPED_MODELS["fashionmnist"])
-    at.run()
-    goto(at, "pages/roc.py")
-    _ok(at)
-    assert not [b for b in at.button if b.label.startswith("Compute")]
+    at = shipped_roc_page("fashionmnist", tmp_path, monkeypatch)
     [table] = [d.value for d in at.dataframe if "pareto" in d.value.columns]
     assert {"diffpath-6d", "diffpath-1d", "msma", "gaussian", "gaussian-diagonal", "likelihood"} <= set(table["score"])
     assert list(table["calls"]) == sorted(table["calls"])

@@ -126,3 +126,21 @@ def test_fit_score_fits_what_evaluate_then_reads(tiny_checkpoint, tmp_path, caps
     assert main(args) == 0
     row = pd.read_csv(tmp_path / "ev_summary.csv").set_index("metric").loc["msma"]
     assert row["calls"] == 3 and 0 <= row["auroc"] <= 1
+
+
+@needs_data
+def test_evaluate_over_seeds_reports_mean_and_spread(tiny_checkpoint, tmp_path, capsys):
+    prefix = tmp_path / "ev"
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--quick", "--n", "16", "--n-val", "16",
+                 "--score", "reconstruction(ts=600, draws=1)", "--steps", "2", "--ood", "uniform", "mnist",
+                 "--seeds", "3", "4", "5", "--out", str(prefix)]) == 0
+    out = capsys.readouterr().out
+    table = pd.read_csv(f"{prefix}_seeds.csv").set_index(["ood", "metric"])
+    row = table.loc[("mnist", "default")]
+    each = [row[f"auroc_seed{s}"] for s in (3, 4, 5)]
+    assert row["seeds"] == 3 and len(set(each)) > 1  # other images and noise per seed
+    assert row["auroc_mean"] == pytest.approx(sum(each) / 3)
+    assert row["auroc_sd"] == pytest.approx(pd.Series(each).std())
+    assert f"mnist: default: AUROC {row['auroc_mean']:.4f} ± {row['auroc_sd']:.4f}" in out
+    summary = pd.read_csv(f"{prefix}_summary.csv").set_index(["ood", "metric"])
+    assert summary.loc[("mnist", "default"), "auroc"] == pytest.approx(row["auroc_seed3"], abs=1e-6)

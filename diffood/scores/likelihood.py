@@ -18,16 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, add_noise, alpha_bars, noise_for, noise_prediction
+from ..diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, add_noise, alpha_bars, noise_for, noise_prediction, one_step
 from .base import Context, ScoreSpec, batched, register
 
 VARIANCES = ("small", "large")  # the model's reverse step variance: β̃_t (diffusers' fixed_small) or β_t
 
 
-def strata(T: int, k: int) -> tuple[list[int], list[int]]:
-    """(one t per stratum, its width) for k strata of t = 2..T, geometric in t; fewer when the smallest
+def strata(T: int, count: int) -> tuple[list[int], list[int]]:
+    """(one t per stratum, its width) for `count` strata of t = 2..T, geometric in t; fewer when the smallest
     strata would be empty."""
-    edges = np.unique(np.round(np.geomspace(2, T + 1, k + 1)).astype(int))
+    edges = np.unique(np.round(np.geomspace(2, T + 1, count + 1)).astype(int))
     ts = [int(round(math.sqrt(a * (b - 1)))) for a, b in zip(edges[:-1], edges[1:])]
     return ts, np.diff(edges).tolist()
 
@@ -90,9 +90,7 @@ class Likelihood(ScoreSpec):
                 eps = noises[t][idx].to(xb)
                 xt = add_noise(xb, eps, t, sched).float()
                 pred = noise_prediction(model, xt, t, sched, precision).double()
-                a, a_prev = abars[t], abars[t - 1]
-                beta = 1 - a / a_prev
-                true_var = beta * (1 - a_prev) / (1 - a)  # of q(x_{t-1} | x_t, x0): β̃_t
+                a, _, beta, true_var = one_step(abars, t)  # true_var: β̃_t, of q(x_{t-1} | x_t, x0)
                 var = true_var if self.variance == "small" else beta
                 mean_gap = beta ** 2 / ((1 - beta) * (1 - a)) * (eps - pred).pow(2).flatten(1).sum(1)
                 nats = nats + w * 0.5 * (dims * (true_var / var - 1 - torch.log(true_var / var)) + mean_gap / var)
