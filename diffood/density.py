@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
 
 MIXTURE_SIZES = (1, 2, 4, 8, 16, 32)  # components tried; BIC picks one
 
@@ -27,12 +28,8 @@ class Mixture:
     def log_density(self, x: np.ndarray) -> np.ndarray:
         """log p(x) per row of x (N, D), including the standardisation's Jacobian."""
         z = (np.asarray(x, dtype=np.float64) - self.center) / self.scale
-        per = []
-        for w, m, c in zip(self.weights, self.means, self.covariances):
-            chol = np.linalg.cholesky(c)
-            sol = np.linalg.solve(chol, (z - m).T)
-            logdet = 2 * np.log(np.diag(chol)).sum()
-            per.append(np.log(w) - 0.5 * ((sol ** 2).sum(0) + logdet + len(m) * np.log(2 * np.pi)))
+        per = [np.log(w) + multivariate_normal(m, c).logpdf(z).reshape(len(z))
+               for w, m, c in zip(self.weights, self.means, self.covariances)]
         return logsumexp(np.stack(per), axis=0) - np.log(self.scale).sum()
 
     def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -71,12 +68,10 @@ class Kernel:
     bandwidth: float
 
     def log_density(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64).reshape(-1)
-        out = np.empty(len(x))
-        for i in range(0, len(x), 1024):  # 1024 x N at a time
-            d = (x[i:i + 1024, None] - self.points[None, :]) / self.bandwidth
-            out[i:i + 1024] = logsumexp(-0.5 * d ** 2, axis=1)
-        return out - np.log(len(self.points) * self.bandwidth * np.sqrt(2 * np.pi))
+        from sklearn.neighbors import KernelDensity
+
+        kde = KernelDensity(bandwidth=self.bandwidth).fit(self.points[:, None])
+        return kde.score_samples(np.asarray(x, dtype=np.float64).reshape(-1, 1))
 
     def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
         return {prefix + "points": torch.as_tensor(self.points), prefix + "bandwidth": torch.tensor([self.bandwidth])}

@@ -73,7 +73,6 @@ class ScoreSpec:
     kind: ClassVar[str] = ""
     table: ClassVar[str] = ""  # the shared table its rows live in ("reconstruction", "features"), or "": its own
     variants: ClassVar[tuple[str, ...]] = ()  # how `--methods all` names it: its settings worth comparing (default: kind)
-    paper: ClassVar[str] = ""  # the publication it follows, for tables and pages
 
     @classmethod
     def for_pick(cls, pick) -> "ScoreSpec":

@@ -41,7 +41,6 @@ class DiffPath(Fitted, ScoreSpec):
 
     kind = "diffpath"
     variants = ("diffpath", "diffpath(variant=1d)")
-    paper = "Heng, Thiery & Soh, NeurIPS 2024"
     variant: str = "6d"
     steps: int = 10
     train: int = 5_000

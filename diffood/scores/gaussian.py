@@ -25,7 +25,6 @@ class GaussianHead(Fitted, ScoreSpec):
 
     kind = "gaussian"
     variants = ("gaussian", "gaussian(covariance=diagonal)")
-    paper = "Mahalanobis distance as Lee et al., NeurIPS 2018"
     layer: str = "up_blocks.0"
     t: int = 50
     pooling: str = "max"

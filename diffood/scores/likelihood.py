@@ -53,7 +53,6 @@ class Likelihood(ScoreSpec):
     """The DDPM variational bound in bits per dimension, over `strata` strata of t (one call each) plus the decoder."""
 
     kind = "likelihood"
-    paper = "the DDPM bound of Ho et al., NeurIPS 2020; its failure as Nalisnick et al., ICLR 2019"
     strata: int = 19
     discrete: bool = True
     variance: str = "small"

@@ -25,7 +25,6 @@ class MSMA(Fitted, ScoreSpec):
     """-log density of the score norms at `ts` under a Gaussian mixture fitted on `train` ID training images."""
 
     kind = "msma"
-    paper = "Mahmood, Lopez & Lamberton, ICLR 2021"
     ts: tuple[int, ...] = LEVELS
     train: int = 5_000
 
