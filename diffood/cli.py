@@ -249,6 +249,56 @@ def _over_seeds(a, cfg, ckpt, first) -> None:
         table.to_csv(f"{a.out}_seeds.csv", index=False)
 
 
+def _add_explain(sub) -> None:
+    from .evaluate import EvalConfig
+    from .options import add_options
+
+    p = sub.add_parser("explain", help="the hardest cases of the default score: the ID test images it rejects and the "
+                                       "OOD images it accepts, most wrong first, as a contact sheet PNG and a CSV")
+    add_options(p, EvalConfig, more_help={"score": "; " + _score_help()})
+    p.add_argument("--hardest", type=int, default=20, metavar="K", help="false alarms and misses listed, K of each")
+    p.add_argument("--download", action="store_true", help="allow torchvision to download missing data sets")
+    p.add_argument("--out", default="diffood_hardest", help="prefix of the files written: PREFIX.png, PREFIX.csv")
+
+
+def _cmd_explain(a) -> int:
+    from torchvision.utils import save_image
+
+    from .evaluate import EvalConfig, evaluate
+    from .hardest import CASES, TITLES, case_images, contact_sheet, hardest_cases
+    from .options import from_args
+    from .verdict import Reference
+
+    if a.hardest < 1:
+        raise DiffoodError(f"--hardest takes a positive number of images, got {a.hardest}")
+    cfg = from_args(EvalConfig, a)
+    ckpt = _load(a)
+    bar, progress = _progress_bar()
+    result = evaluate(cfg, ckpt, progress, default_only=True)
+    bar.close()
+    reference = Reference.from_result(result, tpr=cfg.tpr)
+    cases = hardest_cases(result, tpr=cfg.tpr, k=a.hardest)
+    images = case_images(result, cases, ckpt)
+    cases["image_at_hand"] = [x is not None for x in images]
+    if _main():
+        cases.to_csv(f"{a.out}.csv", index=False)
+    print(f"{reference.describe_threshold()}; score: {reference.spec.describe()}")
+    for case in CASES.values():
+        part = cases[cases["case"] == case]
+        print(f"{TITLES[case]}: {len(part)}" + "".join(f"\n  {r.dataset} #{r.index}: score {r.score:+.3f}, ID validation "
+                                                f"percentile {r.percentile:.1f}" for r in part.itertuples()))
+    wrote = [f"{a.out}.csv"]
+    if len(cases) and any(x is not None for x in images) and _main():
+        save_image(contact_sheet(images), f"{a.out}.png")
+        wrote.insert(0, f"{a.out}.png")
+    missing = int((~cases["image_at_hand"]).sum())
+    if missing:
+        print(f"note: {missing} of the images are not at hand (grey in the sheet): point --data-dir at the data, or "
+              f"--download")
+    print(f"wrote {' and '.join(wrote)} (false alarms first, then misses, each most wrong first)")
+    return 0
+
+
 def _add_select(sub) -> None:
     from .options import add_options
     from .select import SelectConfig
@@ -266,7 +316,7 @@ def _cmd_select(a) -> int:
     from .model import record_score
     from .options import from_args
     from .scores import Pick
-    from .select import SelectConfig, choose, pick_record, score_candidates, spec_of
+    from .select import SelectConfig, choose, fit_pick, pick_record, score_candidates, spec_of
 
     cfg = from_args(SelectConfig, a)
     ckpt = _load(a)
@@ -279,12 +329,15 @@ def _cmd_select(a) -> int:
         table.to_csv(a.out, index=False)
     with pd.option_context("display.max_rows", 40, "display.width", 200):
         print(table.head(25).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    best = choose(table, cfg.tolerance)
+    best = choose(table)
     print(f"\n{len(table)} candidates; chosen: {spec_of(best).describe()}; {best['calls']} calls/image, "
-          f"mean proxy AUROC {best['mean']:.4f} (worst {best['worst']:.4f}); wrote {a.out}")
+          f"mean proxy AUROC {best['mean']:.4f} (worst {best['worst']:.4f}; the best's minus this one's: "
+          f"{-best['diff_hi']:+.4f} to {-best['diff_lo']:+.4f}); wrote {a.out}")
     if not a.no_record and _main():
         record = pick_record(table, cfg)
         path = record_score(ckpt.path, record)
+        for fitted in fit_pick(ckpt, record, cfg):
+            print(f"fitted what the pick needs: {fitted}")
         needs = Pick.from_record(record).features
         print(f"recorded the pick in {path}" + (f"; build the bank it needs with `diffood bank --checkpoint {ckpt.path}`"
                                                  if needs else ""))
@@ -542,6 +595,7 @@ COMMANDS = {
     "fit-score": (_add_fit_score, _cmd_fit_score),
     "reconstruct": (_add_reconstruct, _cmd_reconstruct),
     "score": (_add_score, _cmd_score),
+    "explain": (_add_explain, _cmd_explain),
     "sample": (_add_sample, _cmd_sample),
     "train": (_add_train, _cmd_train),
     "export": (_add_export, _cmd_export),

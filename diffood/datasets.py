@@ -113,10 +113,15 @@ def download_allowed() -> bool:
     return os.environ.get("DIFFOOD_DOWNLOAD", "") not in ("", "0", "false", "no")
 
 
+def seeded_order(size: int, n: int | None, seed: int) -> torch.Tensor:
+    """The positions of the first n of a seed-fixed permutation of `size` items (n=None: all of them)."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+    return order[:n] if n is not None else order
+
+
 def seeded_subset(images: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
     """The first n of a seed-fixed permutation: same seed, same images; n=None keeps all, shuffled."""
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    return images[order[:n] if n is not None else order]
+    return images[seeded_order(len(images), n, seed)]
 
 
 # --- torchvision sets ----------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from .perceptual import get_lpips, lpips_status
 from .scores import DEFAULT, Context, Features, Pick, ScoreSpec, ZMean, named_scores, parse, table_name
 from .scores.base import TABLE_KEYS, Fitted, zmean_frame
 from .scoring import METRICS, distance_frame, embed_draws, score_images
-from .sets import load_images
+from .sets import PROXY_SPLITS, load_images
 from .store import CacheWarning, Filled, Progress, ScoreStore, Table
 from .summary import SUMMARY_COLUMNS, compare, summarize
 
@@ -82,6 +82,9 @@ class EvalConfig:
     lpips: bool = field(default=True, metadata=doc("measure LPIPS beside MSE (--no-lpips: MSE only)"))
     id_test: bool = field(default=True, metadata=doc(
         "score ID test images, the ID side of every AUROC (--no-id-test: ID validation and OOD sets only)"))
+    ood_split: str = field(default="test", metadata=doc(
+        "the ID split transformed OOD sets are made from, and the noise stream: test (reported), or val (the "
+        "selection's proxies, never a reported image)", choices=PROXY_SPLITS))
     recompute: bool = field(default=False, metadata=doc("read no cached or shipped table: compute everything"))
     precision: str = field(default="auto", metadata=doc(
         "the UNet's: auto = bf16 on CUDA and on CPUs with native bf16 (AMX, AVX-512-bf16), else fp32",
@@ -97,6 +100,8 @@ class EvalConfig:
                     "version": SCORES_VERSION, **settings}
         if kind != "reconstruction":
             settings["kind"] = kind
+        if self.ood_split != "test":
+            settings["ood_split"] = self.ood_split
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
     def cache_key(self, checkpoint_key: str, lpips_available: bool) -> str:
@@ -289,7 +294,7 @@ def image_sets(cfg: EvalConfig, checkpoint: Checkpoint) -> list[tuple[str, str, 
     id_name = checkpoint.data.name
     sets = [("id_val", id_name, "val", cfg.n_val)]  # ID test images only matter against an OOD set
     sets += [("id", id_name, "test", cfg.n)] if cfg.ood and cfg.id_test else []
-    return sets + [("ood", name, "test", cfg.n) for name in cfg.ood]
+    return sets + [("ood", name, cfg.ood_split, cfg.n) for name in cfg.ood]
 
 
 def _store(cfg: EvalConfig, checkpoint: Checkpoint) -> ScoreStore:

@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
 from .features import FeatureBank
-from .images import to_model_input
+from .images import to_model_input, to_png
 from .scoring import embed_draws
 from .sets import load_images
 
@@ -62,3 +65,27 @@ def project(points: np.ndarray, method: str = "PCA", seed: int = 0) -> Projectio
         tsne = TSNE(2, init="pca", perplexity=perplexity, random_state=seed, metric="cosine")
         return Projection(tsne.fit_transform(points))
     raise ValueError(f"unknown projection {method!r}; choose one of {list(PROJECTIONS)}")
+
+
+def most_similar(points: np.ndarray, i: int, k: int) -> np.ndarray:
+    """The k rows of `points` nearest to row i by cosine distance (as the feature term measures it), nearest
+    first, row i left out."""
+    unit = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+    distance = 1.0 - unit @ unit[i]
+    distance[i] = np.inf
+    k = min(k, len(points) - 1)
+    order = np.argpartition(distance, k - 1)[:k] if k > 0 else np.array([], dtype=int)
+    return order[np.argsort(distance[order], kind="stable")]
+
+
+def selection_archive(table: pd.DataFrame, images: list[torch.Tensor | None]) -> bytes:
+    """A .zip of the selected images as PNG (`<set>-<index>.png`) and `selection.csv` (the table, with each
+    image's file name; empty where the image is not at hand), so that a selection can become an OOD set."""
+    files = [f"{row.set}-{row.index}.png" if image is not None else "" for row, image in zip(table.itertuples(), images)]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, image in zip(files, images):
+            if image is not None:
+                z.writestr(name, to_png(image))
+        z.writestr("selection.csv", table.assign(file=files).to_csv(index=False))
+    return buf.getvalue()

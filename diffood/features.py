@@ -254,7 +254,8 @@ def build_bank(checkpoint, spec: FeatureSpec, n: int | None = 10_000, seed: int 
 def bank_at(checkpoint, bank: FeatureBank, t: int, data_dir=None, cache_dir=None, batch_size: int = 256,
             progress: Callable[[int, int], None] | None = None) -> FeatureBank:
     """The same bank (layer, pooling, images, seed) embedded at another t: the checkpoint's own at its t,
-    else read from `cache_dir`/banks or built from the training images and kept there."""
+    else read from `cache_dir`/banks, or made from the embeddings `embed_set` cached there, or built from the
+    training images, and kept there."""
     if t == bank.spec.t:
         return bank
     spec = FeatureSpec(bank.spec.layer, t, bank.spec.pooling)
@@ -267,7 +268,10 @@ def bank_at(checkpoint, bank: FeatureBank, t: int, data_dir=None, cache_dir=None
                               layer_channels(checkpoint.model, spec.layer))  # read once per file version
         except BankError:  # a damaged cached bank is built again
             path.unlink(missing_ok=True)
-    built = build_bank(checkpoint, spec, n, seed, data_dir, batch_size, progress)
+    reused = cached_embeddings(cache_dir, checkpoint, checkpoint.data.name, "train", n, t, BANK_DRAW, seed) \
+        if cache_dir is not None else None  # the selection protocol's, when it embedded these images
+    built = build_bank(checkpoint, spec, n, seed, data_dir, batch_size, progress,
+                       reused[spec.layer, spec.pooling] if reused else None)
     if path is not None:
         built.save(path)
     return built

@@ -3,10 +3,11 @@
 default views read. Each stage starts from what the earlier ones left, so an interrupted fit resumes.
 
 The protocol's budget follows the set's size: the z-score reference and the ID side of each AUROC take
-half of the held-out validation images each (at most 300), each proxy the held-out test images (at most
-300); candidates: reconstruction at t = 600-800 with 1-2 draws, features of mid_block, up_blocks.0 and
-up_blocks.1, mean or max pooled, at t_f = 10, 50, 100, 200, k = 1 or 5, 1-2 draws, a bank of every
-training image (at most 10,000).
+half of the held-out validation images each (at most 1000), each proxy as many (transforms of the reference
+images, or noise); candidates: reconstruction at t = 600-800 with 1-2 draws, features of mid_block,
+up_blocks.0 and up_blocks.1, mean or max pooled, at t_f = 10, 50, 100, 200, k = 1 or 5, 1-2 draws, a bank
+of every training image (at most 10,000), the gaussian head on the same embeddings. The methods that need a
+density fitted first (DiffPath, MSMA, the likelihood) are left to `diffood fit-score` and `evaluate --methods`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .features import BANK_NAME, BankError, build_bank, checkpoint_bank
 from .model import META_NAME, WEIGHTS_NAME, ModelConfig, file_sha256, load_checkpoint, record_score
 from .options import doc
 from .scores import Pick
-from .select import SelectConfig, pick_record, score_candidates
+from .select import SelectConfig, fit_pick, pick_record, score_candidates
 from .train import TrainConfig, export_run, run
 
 STAGES = ("train", "export", "select", "bank", "tables")
@@ -52,9 +53,9 @@ def select_budget(spec: DataSpec, data_dir: Path) -> dict:
     """The protocol's settings for a set of this size (the module docstring)."""
     n = len(load_split(spec, "all", data_dir, download_allowed()).pixels) if not spec.is_torchvision else None
     val = held_out(spec, n) if n is not None else spec.val_size
-    test = val if n is not None else 300
     train = n - 2 * val if n is not None else 10_000
-    return dict(n_ref=min(300, val // 2), n_id=min(300, val // 2), n_proxy=min(300, test), ts=(600, 700, 800),
+    half = min(1000, val // 2)  # the reference, the ID side and (transforms of the reference) each proxy
+    return dict(n_ref=half, n_id=half, n_proxy=half, methods=(), ts=(600, 700, 800),
                 max_draws=2, feature_ts=(10, 50, 100, 200), layers=("mid_block", "up_blocks.0", "up_blocks.1"),
                 poolings=("mean", "max"), ks=(1, 5), bank_sizes=(min(10_000, train),), max_feature_draws=2)
 
@@ -103,6 +104,7 @@ def fit(cfg: FitConfig, say: Callable[[str], None] = print) -> dict:
         table.to_csv(out / "select.csv", index=False)
         ckpt.meta.score = pick_record(table, select.for_checkpoint(ckpt))
         record_score(out, ckpt.meta.score)
+        fit_pick(ckpt, ckpt.meta.score, select)
     pick = Pick.of(ckpt)
     say(f"pick: {pick.default.describe()}, mean proxy AUROC {pick.mean:.4f} over {pick.candidates} candidates")
     seconds["select"] = time.perf_counter() - start

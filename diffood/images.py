@@ -105,6 +105,14 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 
+def to_png(image: torch.Tensor) -> bytes:
+    """uint8 (C, S, S) -> PNG bytes (grayscale or RGB)."""
+    array = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, C, S, S) or float [0, 1] -> float in [-1, 1]; (N, S, S) gains its channel axis."""
     x = images.float() / 255 if images.dtype == torch.uint8 else images.float()

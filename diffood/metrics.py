@@ -103,6 +103,21 @@ def paired_auroc_difference(id_a, ood_a, id_b, ood_b, level: float = LEVEL) -> t
     return diff, diff - z * se, diff + z * se
 
 
+def paired_mean_auroc_difference(id_a, oods_a, id_b, oods_b, level: float = LEVEL) -> tuple[float, float, float]:
+    """The mean over OOD sets of AUROC(a) - AUROC(b), two scores on the same images, and its paired DeLong
+    interval: the sets share their ID images, so each ID image's components are averaged over the sets before
+    their variance is taken; the OOD sets are independent. One set: paired_auroc_difference."""
+    from scipy.stats import norm
+
+    parts = [(_midrank_parts(id_a, oa), _midrank_parts(id_b, ob)) for oa, ob in zip(oods_a, oods_b, strict=True)]
+    k = len(parts)
+    diff = float(np.mean([pa[0] - pb[0] for pa, pb in parts]))
+    per_id = np.mean([pa[2] - pb[2] for pa, pb in parts], axis=0)
+    var = per_id.var(ddof=1) / len(per_id) + sum((pa[1] - pb[1]).var(ddof=1) / len(pa[1]) for pa, pb in parts) / k**2
+    z = norm.ppf(0.5 + level / 2)
+    return diff, diff - z * np.sqrt(var), diff + z * np.sqrt(var)
+
+
 def bootstrap_rates(id_scores, ood_scores, resamples: int = RESAMPLES, seed: int = 0,
                     level: float = LEVEL) -> dict[str, tuple[float, float]]:
     """Percentile intervals of FPR95, AUPR-In and AUPR-Out (and AUROC) over a stratified bootstrap."""

@@ -22,6 +22,7 @@ from .datasets import (
     download_allowed,
     load_split,
     resolve_data_dir,
+    seeded_order,
     seeded_subset,
 )
 from .errors import DataUnavailableError
@@ -101,8 +102,14 @@ def describe_data(spec: DataSpec, train) -> IdData:
     return IdData.from_dict({"spec": asdict(spec.recorded()), **describe(spec, train), "default_ood": default_ood(spec)})
 
 
-def _noise(kind: str, n: int, seed: int, id: IdData) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
+# noise images drawn for a split other than "test" come from a stream of their own: a selection proxy is never a
+# reported noise image
+NOISE_STREAMS = {"test": 0, "val": 1_000_003}
+PROXY_SPLITS = tuple(NOISE_STREAMS)  # the splits transforms and noise are made from
+
+
+def _noise(kind: str, n: int, seed: int, id: IdData, split: str = "test") -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed + NOISE_STREAMS[split])
     shape = (n, id.channels, id.size, id.size)
     if kind == "gaussian-noise":  # the ID set's pixel mean and std, clipped
         mean, std = torch.tensor(id.pixel_mean)[:, None, None], torch.tensor(id.pixel_std)[:, None, None]
@@ -147,19 +154,23 @@ def load_images(
     """n images (uint8, N x C x S x S, the ID set's size and channels) of a set, chosen by seed.
 
     `name`: the ID set (`id.name`; splits train/val/test), `<id>-vflip` / `-hflip` / `-invert` / `-shuffle`
-    (its test images transformed), `gaussian-noise`, `uniform`, a torchvision name (its test split) or a
+    (its `split` images transformed: test, or val for the selection's proxies), `gaussian-noise`, `uniform`
+    (a noise stream per split), a torchvision name (its test split) or a
     folder / .zip of images (all of them). When the data folder lacks a set, the small sample bundle
     shipped with the package answers requests it covers (seed 0, n up to its size), so the default views
     of the shipped models work on a fresh clone offline.
     """
     name = id.resolve(name)
+    prefix, _, kind = name.rpartition("-")
+    made = name in ("gaussian-noise", "uniform") or (prefix == id.name and kind in _TRANSFORM_FNS)
+    if made and split not in PROXY_SPLITS:
+        raise ValueError(f"{name} is made from the {' or '.join(PROXY_SPLITS)} split, not {split!r}")
     if name in ("gaussian-noise", "uniform"):
-        return _noise(name, n if n is not None else 1000, seed, id)
+        return _noise(name, n if n is not None else 1000, seed, id, split)
     root = resolve_data_dir(data_dir)
     download = download_allowed() if download is None else download
-    prefix, _, kind = name.rpartition("-")
-    if prefix == id.name and kind in _TRANSFORM_FNS:
-        return _TRANSFORM_FNS[kind](load_images(id.name, "test", n, seed, data_dir, download, id), seed)
+    if made:
+        return _TRANSFORM_FNS[kind](load_images(id.name, split, n, seed, data_dir, download, id), seed)
     if name in (id.name, id.spec.source):
         spec = id.spec
     else:
@@ -174,6 +185,23 @@ def load_images(
         if bundled is None:
             raise
         return bundled
+
+
+def provenance(name: str, split: str = "test", n: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
+               id: IdData = FASHIONMNIST) -> set[tuple[str, int]]:
+    """The source images `load_images(name, split, n, seed)` is made of, as (source, position) pairs; two sets
+    share an image exactly when these meet. An ID split's image (and its transforms) by its position in the
+    split, noise by its generator stream and row; any other set is its own source."""
+    name = id.resolve(name)
+    prefix, _, kind = name.rpartition("-")
+    if name in ("gaussian-noise", "uniform"):
+        return {(f"noise stream {seed + NOISE_STREAMS[split]}", i) for i in range(n if n is not None else 1000)}
+    if prefix == id.name and kind in _TRANSFORM_FNS:
+        name = id.name
+    if name != id.name:
+        return {(name, i) for i in range(n if n is not None else 0)}  # another set: never an ID image
+    size = len(load_split(id.spec, split, resolve_data_dir(data_dir), False).pixels)
+    return {(f"{id.name}/{split}", int(i)) for i in seeded_order(size, n, seed)}
 
 
 def load_user_image(data: bytes | torch.Tensor, invert: bool | None = None, id: IdData = FASHIONMNIST,

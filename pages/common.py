@@ -27,6 +27,7 @@ from diffood.evaluate import (
     default_cache_dir,
     evaluate,
     from_json,
+    pending_calls,
     table_status,
 )
 from diffood.features import checkpoint_bank
@@ -232,6 +233,13 @@ def dataset_label(data, name: str) -> str:
     return f"{data.label} (ID)" if name == data.name else st.session_state.get("uploaded_ood", {}).get(name, name)
 
 
+def without_paths(text: str) -> str:
+    """`text` with each uploaded set's folder on the server replaced by the set's label."""
+    for path, label in st.session_state.get("uploaded_ood", {}).items():
+        text = text.replace(path, label)
+    return text
+
+
 def device_name() -> str:
     d = default_device()
     name = f"CUDA ({torch.cuda.get_device_name()})" if d.type == "cuda" else d.type.upper()
@@ -269,19 +277,24 @@ def eval_config(reference_only: bool = False) -> EvalConfig:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _read_evaluation(config_json: str, sha: str, version: str) -> EvalResult:
+def _read_evaluation(config_json: str, sha: str, version: str, default_only: bool = False) -> EvalResult:
     cfg = from_json(config_json)
-    return evaluate(cfg, load_model(cfg.checkpoint))
+    return evaluate(cfg, load_model(cfg.checkpoint), default_only=default_only)
 
 
-def evaluation(cfg: EvalConfig, button: str = "Compute now") -> EvalResult | None:
-    """The evaluation table for cfg if it needs no computing (shipped or cached); else a button that
-    computes it with a progress bar. Returns None while it is not there."""
+FIRST_ANSWER_CALLS = 20_000  # the default score computed without a click: about 1000 images x 4 calls, or fewer
+
+
+def evaluation(cfg: EvalConfig, button: str = "Compute now", default_only: bool = False) -> EvalResult | None:
+    """The evaluation for cfg if it needs no computing (shipped or cached); else a button that computes it with a
+    progress bar. `default_only`: the default score alone (evaluate's cheap first answer), computed at once, with
+    no click, where it costs at most FIRST_ANSWER_CALLS network calls. Returns None while it is not there."""
     ckpt = checkpoint()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacheWarning)
         try:
-            missing, version = table_status(cfg, ckpt)  # an unreadable cached table is moved aside here, with a warning
+            missing, version = table_status(cfg, ckpt, default_only)  # an unreadable cached table is moved aside here
+            at_once = default_only and missing and pending_calls(cfg, ckpt, default_only=True) <= FIRST_ANSWER_CALLS
         except DiffoodError as e:  # a score typed in the sidebar that does not parse, a bank it lacks
             st.error(str(e))
             return None
@@ -289,20 +302,26 @@ def evaluation(cfg: EvalConfig, button: str = "Compute now") -> EvalResult | Non
         st.warning(str(w.message), icon=":material/warning:")
     if missing:
         banks = (f"; the feature term at t_f = {', '.join(map(str, cfg.feature_ts))}, each with a bank of the "
-                 f"training images") if cfg.feature_ts else ""
-        st.info(f"These settings have not been evaluated yet: {missing:,} images to run through the model "
-                f"({', '.join(cfg.ood) or 'ID reference only'}; t = {', '.join(map(str, cfg.ts))}; n = {cfg.n}{banks}).")
-        if not st.button(button, type="primary"):
-            return None
+                 f"training images") if cfg.feature_ts and not default_only else ""
+        what = "the default score" if default_only else f"t = {', '.join(map(str, cfg.ts))}"
+        if not at_once:
+            st.info(without_paths(f"These settings have not been evaluated yet: {missing:,} images to run through the "
+                                  f"model ({', '.join(cfg.ood) or 'ID reference only'}; {what}; n = {cfg.n}{banks})."))
+            if not st.button(button, type="primary"):
+                return None
         bar = st.progress(0.0, text="Scoring…")
         try:
-            evaluate(cfg, ckpt, lambda done, total, what: bar.progress(done / total, text=f"Scoring {what}: {done:,}/{total:,}"))
+            evaluate(cfg, ckpt, lambda done, total, what: bar.progress(
+                done / total, text=without_paths(f"Scoring {what}: {done:,}/{total:,}")), default_only=default_only)
         except DiffoodError as e:
-            st.error(str(e))
+            st.error(without_paths(str(e)))
             return None
-        st.rerun()  # redraw without the button, now reading the cache
+        if not at_once:
+            st.rerun()  # redraw without the button, now reading the cache
+        bar.empty()
+        missing, version = table_status(cfg, ckpt, default_only)
     try:
-        result = _read_evaluation(as_json(cfg), ckpt.key, version)
+        result = _read_evaluation(as_json(cfg), ckpt.key, version, default_only)
     except DiffoodError as e:
         st.error(str(e))
         return None
@@ -357,14 +376,25 @@ def evaluation_controls() -> None:
             st.stop()
 
 
-def evaluated_tables() -> tuple[EvalConfig, EvalResult]:
-    """The evaluation controls, then the table for the sidebar's settings; stops the page until it exists."""
+def evaluated_tables(default_first: bool = False) -> tuple[EvalConfig, EvalResult, bool]:
+    """The evaluation controls, then the table for the sidebar's settings; stops the page until it exists.
+    `default_first`: where the settings are new, the default score alone is computed at once and returned first,
+    with a button for the rest (the third value says the result is that part alone)."""
     evaluation_controls()
     cfg = eval_config()
-    result = evaluation(cfg)
-    if result is None:
+    first = None
+    try:
+        new = default_first and table_status(cfg, checkpoint())[0] > 0
+    except DiffoodError:  # evaluation() says what is wrong
+        new = False
+    if new:
+        first = evaluation(cfg, default_only=True)
+        if first is None:
+            st.stop()
+    result = evaluation(cfg, button="Compute the rest" if first else "Compute now")
+    if result is None and first is None:
         st.stop()
-    return cfg, result
+    return cfg, result or first, result is None
 
 
 if __name__ == "__main__":  # this helper module, opened as a page of its own

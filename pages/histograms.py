@@ -7,20 +7,26 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from diffood.diffusion import sampler_name
+from diffood.images import to_png
+from diffood.hardest import CASES, TITLES, bin_rows, case_images, wrong_cases
 from diffood.metrics import auroc, rates_at_threshold, threshold_at_tpr
 from diffood.scores import Pick, method_names, parse
 from diffood.scoring import METRICS
-from pages.common import checkpoint, evaluated_tables, evaluation, through_app, tpr
+from pages.common import checkpoint, dataset_label, evaluated_tables, evaluation, page, through_app, to_display, tpr
 
 through_app()
 
 st.title("Score histograms")
-cfg, result = evaluated_tables()
+cfg, result, partial = evaluated_tables(default_first=True)
 
 scores, ood = result.scores, cfg.ood[0]
 pick = Pick.of(checkpoint())
-more = {spec.name: spec for spec in (parse(m, pick) for m in method_names()) if spec not in result.named.values()}
-metric = st.radio("Score", [*result.named, *more, *METRICS], horizontal=True, key="hist_metric",
+more = {} if partial else {  # partial: the default score alone so far, the rest waits for its button above
+    spec.name: spec for spec in (parse(m, pick) for m in method_names()) if spec not in result.named.values()}
+choices = [*result.named, *more, *([] if partial else METRICS)]
+if st.session_state.get("hist_metric") not in choices:
+    st.session_state.pop("hist_metric", None)
+metric = st.radio("Score", choices, horizontal=True, key="hist_metric",
                   help="\n\n".join(f"{name}: {spec.describe()}" for name, spec in result.named.items())
                   + "\n\nThe default was chosen on proxy OOD sets; reconstruction and features are its two terms alone; "
                     "multi-t is the z-mean of MSE and LPIPS over t = 500-900 (Graham et al., CVPR-W 2023). The others: one metric at one t, one noise draw.")
@@ -50,13 +56,17 @@ thr = st.slider("Threshold (score above it = OOD)", lo, hi, float(np.clip(defaul
                 format="%.4f", key=f"thr-{metric}-{label}-{tpr()}")
 id_ok, ood_ok = rates_at_threshold(id_s, ood_s, thr)
 
+BINS = 60
+edges = np.linspace(lo, hi, BINS + 1)
 fig = go.Figure()
-fig.add_histogram(x=id_s, name=f"{checkpoint().data.label} test (ID)", opacity=0.6, histnorm="probability density", nbinsx=60)
-fig.add_histogram(x=ood_s, name=f"{ood} (OOD)", opacity=0.6, histnorm="probability density", nbinsx=60)
+bins = dict(start=lo, end=hi, size=(hi - lo) / BINS) if hi > lo else None  # the bars are the bins listed below
+fig.add_histogram(x=id_s, name=f"{checkpoint().data.label} test (ID)", opacity=0.6, histnorm="probability density", xbins=bins)
+fig.add_histogram(x=ood_s, name=f"{dataset_label(checkpoint().data, ood)} (OOD)", opacity=0.6, histnorm="probability density", xbins=bins)
 fig.add_vline(x=thr, line_dash="dash", annotation_text="threshold")
 fig.update_layout(barmode="overlay", title=f"{label}: AUROC {auroc(id_s, ood_s):.3f}", xaxis_title="score (higher = more OOD)",
                   yaxis_title="density", legend=dict(orientation="h", y=-0.2))
-st.plotly_chart(fig, config={"toImageButtonOptions": {"format": "png", "filename": "diffood_histogram"}})
+event = st.plotly_chart(fig, config={"toImageButtonOptions": {"format": "png", "filename": "diffood_histogram"}},
+                        on_select="rerun", selection_mode="points", key=f"hist_chart-{metric}-{label}")
 
 c1, c2, c3 = st.columns(3)
 c1.metric("ID accepted (TPR)", f"{id_ok:.1%}")
@@ -66,3 +76,57 @@ st.caption(f"The starting threshold {default_thr:.4f} accepts {tpr():.1%} of the
            f"(the sidebar's TPR). "
            f"{len(id_s)} ID test and {len(ood_s)} OOD images; {sampler_name(cfg.sampler, cfg.steps)} sampler, seed {cfg.seed}."
            + (f" The {metric} score: {result.named[metric].describe()}." if metric in result.named else ""))
+
+
+def gallery(rows, images) -> None:
+    """The rows' images in a grid, each captioned with its score and ID percentile."""
+    for i, (row, image) in enumerate(zip(rows.itertuples(), images)):
+        if i % 6 == 0:  # a row of six at a time, so that the reading order is the list's
+            columns = st.columns(6)
+        with columns[i % 6]:
+            caption = f"{dataset_label(checkpoint().data, row.dataset)} #{row.index}: {row.score:+.2f} ({row.percentile:.1f} %)"
+            if image is None:
+                st.caption(f"{caption}: image not at hand")
+            else:
+                st.image(to_display(image.float() / 255, 3), caption=caption)
+
+
+frame = table[table["role"].isin(list(CASES))]
+cases = wrong_cases(frame, thr, val_s)
+st.subheader("The hardest cases at this threshold")
+st.caption("Scores with the share of ID validation images scoring lower (%); each list most wrong first. Offline, "
+           "the images come from the shipped sample, which holds the first images of each set.")
+SHOWN = 12
+for case in CASES.values():
+    rows = cases[cases["case"] == case]
+    st.markdown(f"**{TITLES[case]}: {len(rows)}**" + (f" (the {SHOWN} most wrong shown)" if len(rows) > SHOWN else ""))
+    if len(rows):
+        gallery(rows.head(SHOWN), case_images(result, rows.head(SHOWN), checkpoint()))
+st.download_button("Download the hardest cases (CSV)", cases.assign(dataset=cases["dataset"].map(
+    lambda name: dataset_label(checkpoint().data, name))).to_csv(index=False), file_name="diffood_hardest.csv",
+    mime="text/csv", key="hardest_csv")
+
+listed = cases.head(SHOWN * 2)
+at_hand = [(r, x) for r, x in zip(listed.itertuples(), case_images(result, listed, checkpoint())) if x is not None]
+if at_hand:
+    names = {f"{r.case}: {dataset_label(checkpoint().data, r.dataset)} #{r.index}": x for r, x in at_hand}
+    chosen = st.selectbox("Why this verdict? An image of the lists", list(names), key="hardest_why")
+    if st.button("Open it in Score your image", key="hardest_open"):
+        st.session_state["explain_case"] = (chosen, to_png(names[chosen]))
+        st.session_state["upload_source"], st.session_state["upload_invert"] = chosen, "never"
+        st.switch_page(page("upload"))
+
+st.subheader("The images in one bin")
+counts = np.histogram(frame["score"], edges)[0]
+options = [i for i, c in enumerate(counts) if c]
+picked = [p.get("x") for p in (event.selection.get("points", []) if event else []) if p.get("x") is not None]
+if picked:  # a bar clicked on the chart: its bin
+    st.session_state["hist_bin"] = int(np.clip(np.searchsorted(edges, picked[0], side="right") - 1, 0, BINS - 1))
+if st.session_state.get("hist_bin") not in options:
+    st.session_state.pop("hist_bin", None)
+which = st.selectbox("Bin (click a bar, or choose)", options, key="hist_bin", index=None, placeholder="none",
+                     format_func=lambda i: f"{edges[i]:+.3f} to {edges[i + 1]:+.3f}: {counts[i]} images")
+if which is not None:
+    rows = bin_rows(frame, edges, which, val_s)
+    st.caption(f"{len(rows)} images, highest score first" + (f"; the first {SHOWN * 2} shown" if len(rows) > SHOWN * 2 else ""))
+    gallery(rows.head(SHOWN * 2), case_images(result, rows.head(SHOWN * 2), checkpoint()))

@@ -12,13 +12,14 @@ from diffood.metrics import POSITIVE_CLASS, roc_curve
 from diffood.scores import DEFAULT, FEATURES, MULTI_T, RECONSTRUCTION
 from diffood.scoring import METRICS
 from diffood.summary import describe_difference
-from pages.common import checkpoint, evaluated_tables, evaluation, through_app, with_every_method
+from pages.common import checkpoint, dataset_label, evaluated_tables, evaluation, through_app, with_every_method
 
 through_app()
 
 st.title("ROC / AUROC vs t")
-cfg, result = evaluated_tables()
+cfg, result, _ = evaluated_tables()
 summary, scores, ood = result.summary, result.scores, cfg.ood[0]
+label = dataset_label(checkpoint().data, ood)  # an uploaded set by its files' names, never the server's path
 per_t = summary[summary["t"].notna() & summary["metric"].isin(METRICS)]
 combined = summary[summary["t"].isna()].set_index("metric")
 metrics = [m for m in METRICS if m in set(per_t["metric"])]
@@ -72,7 +73,7 @@ for name, dash in ((DEFAULT, "solid"), (MULTI_T, "dash")):
                       annotation_text=f"{name}: {float(combined.loc[name, 'auroc']):.3f}",
                       annotation_position="top right" if name == DEFAULT else "bottom right")
 fig.add_hline(y=0.5, line_dash="dot", line_color="gray", annotation_text="chance")
-fig.update_layout(title=f"AUROC vs t: {checkpoint().data.label} vs {ood}", xaxis_title="t", yaxis_title="AUROC", yaxis_range=[0, 1.02])
+fig.update_layout(title=f"AUROC vs t: {checkpoint().data.label} vs {label}", xaxis_title="t", yaxis_title="AUROC", yaxis_range=[0, 1.02])
 st.plotly_chart(fig, config=png)
 
 fig = go.Figure()
@@ -102,7 +103,7 @@ if knn is not None:
             fig.add_scatter(x=[knn.t], y=[feature["auroc"]], mode="markers", name=f"{knn.draws} draws: AUROC",
                             marker=dict(symbol="diamond", size=12, color="#f0a43a"))
         fig.add_vline(x=knn.t, line_dash="dash", annotation_text=f"chosen t_f = {knn.t}")
-        fig.update_layout(title=f"Feature score vs t_f: {checkpoint().data.label} vs {ood}", xaxis_title="t_f",
+        fig.update_layout(title=f"Feature score vs t_f: {checkpoint().data.label} vs {label}", xaxis_title="t_f",
                           xaxis_type="log", yaxis_range=[0, 1.02])
         st.plotly_chart(fig, config=png)
         one = replace(knn, draws=1).describe().replace(f"t = {knn.t}", "t = t_f")
@@ -129,7 +130,7 @@ if every is not None:
     for p in published(checkpoint().data.name, ood):
         fig.add_hline(y=p.auroc, line_dash="dot", line_color="gray",
                       annotation_text=f"published: {p.method} {p.auroc:.3f} ({p.paper}; {p.model})")
-    fig.update_layout(title=f"AUROC against network calls per image: {checkpoint().data.label} vs {ood}",
+    fig.update_layout(title=f"AUROC against network calls per image: {checkpoint().data.label} vs {label}",
                       xaxis_title="network calls per image", xaxis_type="log", yaxis_title="AUROC",
                       yaxis_range=[0, 1.02])
     st.plotly_chart(fig, config={"toImageButtonOptions": {"format": "png", "filename": "diffood_methods"}})
@@ -163,5 +164,6 @@ fig.update_layout(title="ROC (OOD = positive)", xaxis_title="false positive rate
 st.plotly_chart(fig, config={"toImageButtonOptions": {"format": "png", "filename": "diffood_roc"}})
 
 st.subheader("Table")
-st.dataframe(summary, hide_index=True, column_config=number)
-st.download_button("Download CSV", summary.to_csv(index=False), file_name=f"diffood_summary_{ood}.csv", mime="text/csv")
+shown = summary.assign(ood=summary["ood"].map(lambda name: dataset_label(checkpoint().data, name)))
+st.dataframe(shown, hide_index=True, column_config=number)
+st.download_button("Download CSV", shown.to_csv(index=False), file_name="diffood_summary.csv", mime="text/csv")

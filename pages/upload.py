@@ -2,14 +2,12 @@
 the training data, reconstructed, scored with the default score and placed against the ID distribution."""
 
 import hashlib
-import io
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 import torch
-from PIL import Image
 
 from diffood.datasets import fetch, resolve_data_dir
 from diffood.diffusion import noise_for, reconstruct
@@ -17,7 +15,7 @@ from diffood.errors import DiffoodError
 from diffood.evaluate import table_status
 from diffood.featuremap import embed_upload
 from diffood.features import FeatureBank, bank_images
-from diffood.images import to_pixels
+from diffood.images import to_pixels, to_png
 from diffood.inputs import Entry, expand
 from diffood.scores import RECONSTRUCTION
 from diffood.sets import load_images, load_user_image
@@ -48,16 +46,8 @@ st.caption(f"Any image works: it is turned to {'grayscale' if data.channels == 1
               if data.invert_uploads else "") + ". Several files or a .zip archive give a table.")
 
 
-def _png(image: torch.Tensor) -> bytes:
-    """uint8 (C, S, S) -> PNG bytes."""
-    array = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def example(dataset: str) -> bytes:
-    return _png(load_images(dataset, "test", 1, seed=0, id=data)[0])
+    return to_png(load_images(dataset, "test", 1, seed=0, id=data)[0])
 
 
 @st.cache_data(show_spinner="Scoring…", max_entries=64)
@@ -172,10 +162,14 @@ def id_histogram(reference: Reference, marks: dict[str, float], title: str) -> g
 s = st.session_state
 examples = {f"Example: {data.label} image": data.name, f"Example: {data.default_ood} image": data.default_ood,
             "Example: noise": "uniform"}
-if s.get("upload_source") not in ["Upload files", *examples]:  # the examples of another model
+sent = s.get("explain_case")  # (name, PNG) of an image sent here from the hardest cases
+choices = ["Upload files", *examples, *([sent[0]] if sent else [])]
+if s.get("upload_source") not in choices:  # the examples of another model
     s["upload_source"] = "Upload files"
-source = st.radio("Image", ["Upload files", *examples], horizontal=True, key="upload_source")
-if source == "Upload files":
+source = st.radio("Image", choices, horizontal=True, key="upload_source")
+if sent and source == sent[0]:
+    entries = [Entry(*sent)]
+elif source == "Upload files":
     uploads = st.file_uploader("Images or .zip archives", type=UPLOAD_TYPES, accept_multiple_files=True, key="upload_file")
     if not uploads:
         st.info("Upload one or more images (or a .zip of them), or pick an example above.")

@@ -42,13 +42,16 @@ def _ok(at):
     assert not at.exception, [e.value for e in at.exception]
 
 
+COMPUTE = ("Compute now", "Compute the rest")
+
+
 def _computed(at):
-    """Press 'Compute now' where the page offers it (settings not evaluated yet)."""
-    buttons = [b for b in at.button if b.label == "Compute now"]
+    """Press 'Compute now' (or 'Compute the rest') where the page offers it (settings not evaluated yet)."""
+    buttons = [b for b in at.button if b.label in COMPUTE]
     if buttons:
         buttons[0].click().run()
     _ok(at)
-    assert not [b for b in at.button if b.label == "Compute now"]
+    assert not [b for b in at.button if b.label in COMPUTE]
     return at
 
 
@@ -280,8 +283,28 @@ def test_off_loopback_server_paths_are_refused_and_an_uploaded_set_is_used(app, 
         goto(app, "pages/histograms.py")
         _computed(app)
         assert app.get("plotly_chart")
+        folder = chosen.rstrip("/").rsplit("/", 1)[-1]  # upload-<sha>: the server's cache folder
+        for page in PAGES:
+            _computed(goto(app, page))
+            text = _page_text(app)
+            assert "mine.zip" in text or page in ("pages/reconstruct.py", "pages/upload.py"), page
+            assert folder not in text and str(tmp_path) not in text, page  # named by its label, never its path
     finally:
         config.set_option("server.address", previous)
+
+
+def _page_text(at) -> str:
+    """Everything a visitor of the page can read: text elements, selectable options, tables and charts."""
+    parts = []
+    for kind in ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success", "text",
+                 "metric"):
+        parts += [str(getattr(e, "value", "")) + str(getattr(e, "label", "")) for e in at.get(kind)]
+        parts += [str(getattr(e, "value", "")) for e in at.sidebar.get(kind)]
+    for box in [*at.selectbox, *at.sidebar.selectbox, *at.multiselect, *at.radio]:
+        parts += [str(o) for o in box.options]
+    parts += [d.value.to_csv() for d in at.dataframe]
+    parts += [c.proto.spec for c in at.get("plotly_chart")]
+    return "\n".join(parts)
 
 
 def _plotly_array(value):
@@ -305,6 +328,11 @@ def test_the_feature_space_page_maps_id_ood_and_bank_by_pca_and_tsne(banked_chec
     assert len(names) == 3 and names[0].endswith("(ID)") and names[1].endswith("(OOD)") and "feature bank" in names[2]
     sizes = [len(_plotly_array(trace["x"])) for trace in figure["data"]]
     assert sizes == [100, 100, 64], sizes  # 100 ID and OOD images (n = 100 here), all 64 rows of the bank
+    at.radio(key="map_colour").set_value("score").run()
+    _ok(at)
+    marker = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["marker"]
+    assert "colorscale" in marker and len(_plotly_array(marker["color"])) == 100  # each ID image by its score
+    at.radio(key="map_colour").set_value("set").run()
     at.radio(key="map_method").set_value("t-SNE").run()
     _ok(at)
     assert "t-SNE" in json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
@@ -424,3 +452,64 @@ def test_every_method_side_by_side_offline_on_the_shipped_model(tmp_path, monkey
     assert {"default", "msma", "diffpath-6d", "likelihood", "gaussian"} <= names
     assert every["percentile"].between(0, 100).all()
     assert (every["verdict"] == np.where(every["value"] > every["threshold"], "likely OOD", "looks in-distribution")).all()
+
+
+def _captions(at) -> list[str]:
+    """The captions of the images the page shows, in order."""
+    return [caption for image in at.image for caption in image.captions]
+
+
+def test_the_hardest_cases_are_the_images_on_the_wrong_side_and_a_bin_lists_its_images(app, tiny_checkpoint):
+    from diffood.evaluate import EvalConfig, evaluate
+    from diffood.model import load_checkpoint
+
+    goto(app, "pages/histograms.py")
+    _computed(app)
+    ckpt = load_checkpoint(tiny_checkpoint, device="cpu")
+    result = evaluate(EvalConfig(checkpoint=str(tiny_checkpoint), ts=(100, 600), multi_ts=(100, 600), steps=2, n=100,
+                                 device="cpu"), ckpt)  # the page's evaluation, read from the same cache
+    frame = result.score_frame("default")
+    frame = frame[frame["role"].isin(["id", "ood"])]  # the test images and the OOD set's
+    ids, oods = frame[frame["role"] == "id"], frame[frame["role"] == "ood"]
+    slider = next(s for s in app.slider if s.label.startswith("Threshold"))
+    thr = float(np.quantile(ids["score"], 0.9))  # about 10 false alarms
+    slider.set_value(thr).run()
+    _ok(app)
+    thr = next(s for s in app.slider if s.label.startswith("Threshold")).value
+    alarms = ids[ids["score"] > thr].sort_values("score", ascending=False)
+    misses = oods[oods["score"] <= thr].sort_values("score")
+    counts = {m.value.split(":")[0].strip("*"): int(m.value.rsplit(": ", 1)[1].split("*")[0]) for m in app.markdown
+              if m.value.startswith(("**False alarms", "**Misses"))}
+    assert counts == {"False alarms": len(alarms), "Misses": len(misses)}
+    shown = [c.split(":")[0].rsplit("#", 1)[1] for c in _captions(app)]
+    expected = [str(i) for i in [*alarms["index"][:12], *misses["index"][:12]]]
+    assert shown == expected and len(alarms) > 0  # each list most wrong first
+    edges = np.linspace(frame["score"].min(), frame["score"].max(), 61)  # the page's 60 bins
+    fullest = int(np.argmax(np.histogram(frame["score"], edges)[0]))
+    app.selectbox(key="hist_bin").set_value(fullest).run()
+    _ok(app)
+    inside = frame[(frame["score"] >= edges[fullest]) & (frame["score"] < edges[fullest + 1])]
+    assert any(c.value.startswith(f"{len(inside)} images, highest score first") for c in app.caption)
+    listed = [c.split(":")[0].rsplit("#", 1)[1] for c in _captions(app)][len(expected):]
+    assert listed == [str(i) for i in inside.sort_values("score", ascending=False)["index"][:24]]
+    first = app.selectbox(key="hardest_why").value  # an image of the lists opens its "why"
+    assert first.startswith("false alarm") and first.endswith(f"#{alarms['index'].iloc[0]}")
+    app.button(key="hardest_open").click().run()
+    assert [t.value for t in app.title] == ["Score your image"]
+    _computed(goto(app, "pages/upload.py"))  # AppTest's next run is its own page's: go there as the server does
+    assert app.radio(key="upload_source").value == first
+    assert any("validation images" in m.value for m in [*app.error, *app.success])  # its verdict
+
+
+def test_on_new_settings_the_default_scores_histogram_comes_first_without_a_click(app):
+    """A new OOD set: the histogram of the default score is drawn at once, the rest waits for its button."""
+    goto(app, "pages/histograms.py")
+    _ok(app)
+    assert not [b for b in app.button if b.label == "Compute now"]
+    [rest] = [b for b in app.button if b.label == "Compute the rest"]
+    assert app.radio(key="hist_metric").options == ["default"] and app.get("plotly_chart")
+    assert "default score" in app.get("plotly_chart")[0].proto.spec
+    rest.click().run()
+    _ok(app)
+    assert not [b for b in app.button if b.label == "Compute the rest"]
+    assert {"multi-t", "mse"} <= set(app.radio(key="hist_metric").options)

@@ -12,7 +12,7 @@ from tests.conftest import ROOT, needs_data
 
 
 @pytest.mark.parametrize("command", ["evaluate", "select", "reconstruct", "score", "sample", "train", "export", "app",
-                                     "fit-score"])
+                                     "fit-score", "explain"])
 def test_help_works_offline(command):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "no_proxy": "*", "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
     out = subprocess.run([sys.executable, "-m", "diffood", command, "--help"], cwd=ROOT, env=env,
@@ -40,6 +40,32 @@ def test_evaluate_prints_the_summary_and_writes_csvs(tiny_checkpoint, tmp_path, 
     row = compared.loc["mnist"]
     assert row["difference"] == pytest.approx(row["auroc_a"] - row["auroc_b"]) and row["lo"] <= row["difference"] <= row["hi"]
     assert f"mnist: default vs multi-t: {row['difference']:+.4f}" in out
+
+
+@needs_data
+def test_explain_writes_the_hardest_cases_as_a_sheet_and_a_csv(tiny_checkpoint, tmp_path, capsys):
+    from diffood.evaluate import EvalConfig, evaluate
+    from diffood.metrics import threshold_at_tpr
+    from diffood.model import load_checkpoint
+
+    prefix = tmp_path / "hard"
+    args = ["--checkpoint", str(tiny_checkpoint), "--n", "16", "--n-val", "16", "--steps", "2", "--ood", "uniform"]
+    assert main(["explain", *args, "--hardest", "3", "--out", str(prefix)]) == 0
+    cases = pd.read_csv(f"{prefix}.csv")
+    result = evaluate(EvalConfig(checkpoint=str(tiny_checkpoint), ood=("uniform",), n=16, n_val=16, steps=2),
+                      load_checkpoint(tiny_checkpoint, device="cpu"), default_only=True)
+    frame = result.score_frame("default")
+    val = frame.loc[frame["role"] == "id_val", "score"]
+    thr = threshold_at_tpr(val.to_numpy(), 0.95)
+    alarms = frame[(frame["role"] == "id") & (frame["score"] > thr)].sort_values("score", ascending=False)
+    misses = frame[(frame["role"] == "ood") & (frame["score"] <= thr)].sort_values("score")
+    assert list(cases.loc[cases["case"] == "false alarm", "index"]) == list(alarms["index"][:3])
+    assert list(cases.loc[cases["case"] == "miss", "index"]) == list(misses["index"][:3])
+    assert len(cases) and cases["image_at_hand"].all()
+    with Image.open(f"{prefix}.png") as sheet:  # one tile per case, 28 px and 2 px of padding
+        assert sheet.size == (2 + 30 * min(len(cases), 10), 2 + 30 * -(-len(cases) // 10))
+    assert "False alarms: ID test images called OOD" in capsys.readouterr().out
+    assert main(["explain", *args, "--hardest", "0"]) == 2
 
 
 @needs_data

@@ -15,6 +15,7 @@ import time
 import urllib.request
 import zipfile
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -388,5 +389,16 @@ def test_a_box_selection_on_the_feature_map_shows_the_selected_images(server, br
     page.get_by_text(re.compile(r"^\d+ selected")).wait_for()
     page.locator('[data-testid="stImage"]').first.wait_for()  # the selected images themselves
     page.get_by_text(re.compile(r"score [+-]\d\.\d{3}")).first.wait_for()
+    page.get_by_text(re.compile(r"^nearest: \d")).first.wait_for()  # their nearest training images
     page.screenshot(path=str(shots / "features.png"), full_page=True)
+    selected = int(page.get_by_text(re.compile(r"^\d+ selected")).first.inner_text().split()[0])
+    with page.expect_download() as download:  # the export: every selected image and its score
+        page.get_by_role("button", name=re.compile("^Download the")).click()
+    with zipfile.ZipFile(download.value.path()) as z:
+        table = pd.read_csv(z.open("selection.csv"), keep_default_na=False)
+        assert len(table) == selected and set(z.namelist()) == {"selection.csv", *table["file"]} - {""}
+    page.get_by_role("button", name="Mark them on the map").click()  # the 10 most similar, ringed
+    _settled(page)
+    page.get_by_text(re.compile(r"^Ringed on the map: the 10 points nearest")).wait_for()
+    page.locator(".legendtext", has_text="10 most similar to").first.wait_for()
     page.close()

@@ -28,7 +28,7 @@ from diffood.features import (
 )
 from diffood.images import to_model_input
 from diffood.model import load_checkpoint
-from diffood.scores import COMBINED, DEFAULT, FEATURES, RECONSTRUCTION, Features, Pick, Reconstruction, ZMean
+from diffood.scores import GaussianHead, COMBINED, DEFAULT, FEATURES, RECONSTRUCTION, Features, Pick, Reconstruction, ZMean
 from diffood.scoring import feature_distances
 from diffood.select import SelectConfig, choose, pick_record, score_candidates, spec_of
 from diffood.sets import load_images, load_user_image
@@ -211,26 +211,36 @@ def test_the_protocol_scores_feature_and_combined_candidates_within_the_call_bud
     cfg = SelectConfig(checkpoint=str(ckpt_with_bank.path), proxies=("fashionmnist-vflip", "uniform"), ts=(400,),
                        max_draws=1, steps=2, n_ref=8, n_id=8, n_proxy=8, feature_ts=(10, 50),
                        layers=("mid_block", "up_blocks.0"), poolings=("mean",), bank_sizes=(16, 32), max_feature_draws=2,
-                       combine_features=3, combine_recon=2, max_calls=3, precision="fp32", cache_dir=str(tmp_path))
+                       combine_features=3, combine_recon=2, max_calls=3, methods=(), precision="fp32",
+                       cache_dir=str(tmp_path))
     table = score_candidates(cfg, ckpt_with_bank)
-    assert set(table["kind"]) == {"reconstruction", "features", "combined"}
+    assert set(table["kind"]) == {"reconstruction", "features", "gaussian", "combined"}
     assert table["calls"].max() <= 3
     feats = table[table["kind"] == "features"]
     assert len(feats) == 2 * 2 * 3 * 2 * 2  # t_f x layers x k x bank sizes x draws
+    assert (table["kind"] == "gaussian").sum() == 2 * 2 * 2  # t_f x layers x covariances, one draw
+    top = table.iloc[0]  # the best: its interval against itself is [0, 0]; every other's upper end is above its lower
+    assert top["diff_lo"] == top["diff_hi"] == 0 and (table["diff_lo"] <= table["diff_hi"]).all()
+    recon = table[table["kind"] == "reconstruction"]
+    assert recon["recon_diff_hi"].notna().all() and table.loc[table["kind"] != "reconstruction", "recon_diff_hi"].isna().all()
     assert len(list((tmp_path / "embeddings").glob("*.safetensors"))) == 2 * (1 + 2 * 3)  # cached per set, t, draw
     best = choose(table)
     det = spec_of(best)
     assert det.calls("strided", 2) == best["calls"]
     combined = spec_of(table[table["kind"] == "combined"].iloc[0])
-    assert isinstance(combined, ZMean) and [type(t) for t in combined.terms()] == [Reconstruction, Features]
+    assert isinstance(combined, ZMean) and type(combined.terms()[0]) is Reconstruction
+    assert type(combined.terms()[1]) in (Features, GaussianHead)
     assert combined.terms()[0].ts == (400,)
     assert score_candidates(cfg, ckpt_with_bank).equals(table)  # the cached embeddings give the same table
 
 
-def test_the_rule_prefers_fewer_calls_then_the_smaller_bank():
-    table = pd.DataFrame({"mean": [0.950, 0.949, 0.949, 0.940], "calls": [21, 21, 21, 1], "bank": [58000, 10000, 20000, 0],
-                          "worst": [0.7, 0.6, 0.9, 0.9]})
-    assert choose(table).name == 1
+def test_the_rule_takes_the_cheapest_candidate_the_data_cannot_tell_worse_than_the_best():
+    table = pd.DataFrame({"mean": [0.950, 0.949, 0.949, 0.940, 0.948], "calls": [21, 21, 21, 1, 4],
+                          "bank": [58000, 10000, 20000, 0, 0], "worst": [0.7, 0.6, 0.9, 0.9, 0.9],
+                          "diff_hi": [0, 0.001, 0.002, -0.001, 0.0004]})
+    assert choose(table).name == 4  # 4 calls: the one-call candidate is significantly below the best
+    assert choose(table.drop(index=4)).name == 1  # equal calls: the smaller bank
+    assert choose(table, tolerance=0.002).name == 4  # a record of the tolerance rule
     assert spec_of(pd.Series({"ts": "700", "draws": 4, "metrics": "mse", "layer": "mid_block", "feature_t": 50,
                               "pooling": "mean", "k": 5, "bank": 10000, "feature_draws": 1})) == ZMean(
         (Reconstruction((700,), 4, ("mse",)), Features("mid_block", 50, "mean", 5, 1, 10000)))
@@ -275,16 +285,18 @@ def test_select_records_its_pick_in_the_checkpoint_and_the_defaults_follow_it(ck
     assert main(["select", "--checkpoint", str(folder), "--proxies", "vflip", "uniform", "--t", "400", "--max-draws", "2",
                  "--steps", "2", "--n-ref", "8", "--n-id", "8", "--n-proxy", "8", "--feature-t", "10", "50", "--layers",
                  "mid_block", "--poolings", "mean", "--bank-sizes", "16", "--max-feature-draws", "1", "--max-calls", "4",
-                 "--precision", "fp32", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "sel.csv")]) == 0
+                 "--methods", "--precision", "fp32", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "sel.csv")]) == 0
     assert "recorded the pick" in capsys.readouterr().out
     after = load_checkpoint(folder)
     assert after.sha256 == before.sha256  # the weights, and so every table, unchanged
     pick = Pick.of(after)
     table = pd.read_csv(tmp_path / "sel.csv")
     assert pick.candidates == len(table) and set(pick.proxies) == {"fashionmnist-vflip", "uniform"}
-    assert pick.mean == pytest.approx(table["mean"].max(), abs=0.002) and "fewest network calls" in pick.rule
+    ties = table[table["diff_hi"] >= 0]  # the candidates the data cannot tell worse than the best
+    assert pick.mean in ties["mean"].round(4).tolist() and pick.calls == ties["calls"].min()
+    assert "fewest network calls" in pick.rule and "paired 95 % interval" in pick.rule
     assert pick.reconstruction.ts == (400,) and pick.reconstruction.draws in (1, 2)
-    assert pick.default == spec_of(choose(table, pick.tolerance))
+    assert pick.default == spec_of(choose(table)) and pick.level == 0.95 and pick.images["proxy_split"] == "val"
     cfg, named, _, bank, notes = ev.plan(EvalConfig(checkpoint=str(folder)), after)  # unset, the score is the pick's
     assert cfg.score == named[DEFAULT] == ev._on_bank(pick.default, replace(pick.bank_term, bank=bank.n))
     if pick.features:  # the pick's bank holds 16 images, the one beside the weights 64: a note says to rebuild it
@@ -316,8 +328,17 @@ def test_each_shipped_model_records_the_pick_its_own_proxies_chose(name):
     table = pd.concat([pd.read_csv(repo / s.split(" (")[0]) for s in pick.stages.split(", ")], ignore_index=True)
     assert set(table.columns) >= own and not set(table.columns) & {"mnist", "fashionmnist"}
     assert len(table) == pick.candidates
-    again = Pick.from_record(pick_record(table, SelectConfig(proxies=tuple(pick.proxies), tolerance=pick.tolerance)))
-    assert (again.default, again.proxies, again.mean, again.worst) == (pick.default, pick.proxies, pick.mean, pick.worst)
+    if pick.level:  # the rule as recorded: the paired interval's
+        cfg = SelectConfig(proxies=tuple(pick.proxies), level=pick.level, n_ref=pick.images["reference"],
+                           n_id=pick.images["id"], n_proxy=pick.images["proxy"])
+        again = Pick.from_record(pick_record(table, cfg))
+        assert (again.default, again.reconstruction) == (pick.default, pick.reconstruction)
+    else:  # a record of the fixed-tolerance rule
+        again = Pick(spec_of(choose(table, tolerance=pick.tolerance)), pick.reconstruction,
+                     proxies={p: round(float(choose(table, tolerance=pick.tolerance)[p]), 4) for p in pick.proxies})
+    best = choose(table, tolerance=None if pick.level else pick.tolerance)
+    assert (again.default, again.proxies) == (pick.default, pick.proxies)
+    assert (round(float(best["mean"]), 4), round(float(best["worst"]), 4)) == (pick.mean, pick.worst)
     bank, want = checkpoint_bank(ckpt), pick.features
     if want:
         assert (bank.spec.layer, bank.spec.t, bank.spec.pooling, bank.n) == (want.layer, want.t, want.pooling, want.bank)

@@ -123,3 +123,30 @@ def test_a_paired_difference_of_a_score_with_itself_is_zero_and_covers_the_true_
         covered += lo <= truth <= hi
         assert lo <= diff <= hi
     assert covered / 200 >= 0.90
+
+
+def test_the_paired_mean_difference_over_sets_sharing_their_id_images_covers_the_truth():
+    """The selection's interval: the mean over OOD sets of AUROC(a) - AUROC(b), the ID images shared. One set: the
+    paired difference itself; a score against itself: [0, 0]; its interval covers the true mean difference in
+    at least 90 % of 200 draws."""
+    from scipy.stats import norm
+
+    from diffood.metrics import paired_auroc_difference, paired_mean_auroc_difference
+
+    rng = np.random.default_rng(5)
+    ida, oda = rng.normal(0, 1, 200), rng.normal(1, 1, 150)
+    idb, odb = ida + rng.normal(0, 1, 200), oda + rng.normal(0, 1, 150)
+    assert paired_mean_auroc_difference(ida, [oda], idb, [odb]) == pytest.approx(paired_auroc_difference(ida, oda, idb, odb))
+    assert paired_mean_auroc_difference(ida, [oda, odb], ida, [oda, odb]) == (0.0, 0.0, 0.0)
+    shifts, noise = (1.0, 2.0), 1.0
+    truth = np.mean([norm.cdf(s / np.sqrt(2)) - norm.cdf(s / np.sqrt(2 * (1 + noise ** 2))) for s in shifts])
+    covered = 0
+    for _ in range(200):
+        ida = rng.normal(0, 1, 300)
+        idb = ida + rng.normal(0, noise, 300)
+        oods_a = [rng.normal(s, 1, 300) for s in shifts]
+        oods_b = [o + rng.normal(0, noise, 300) for o in oods_a]
+        diff, lo, hi = paired_mean_auroc_difference(ida, oods_a, idb, oods_b)
+        covered += lo <= truth <= hi
+        assert lo <= diff <= hi
+    assert covered / 200 >= 0.90

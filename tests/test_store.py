@@ -47,3 +47,29 @@ def test_partial_results_are_readable_while_the_rest_is_computed(tmp_path):
     store.fill(table, [("id_val", "a", "val", 3), ("ood", "b", "test", 2)], _images)
     assert snapshots[0] == 0 and snapshots == sorted(snapshots) and 0 < snapshots[-1] < 15
     assert len(reader.read(table)[0]) == 15
+
+
+def test_two_sessions_asking_for_the_same_new_table_compute_it_once(tmp_path):
+    """Two threads (two visitors of a served dashboard) fill the same table at once: each part is computed once,
+    and both get every row."""
+    import threading
+
+    calls, started = [], threading.Event()
+
+    def peek():  # the first to compute holds the lock while the second asks
+        started.set()
+        threading.Event().wait(0.2)
+
+    sets = [("id_val", "a", "val", 3), ("ood", "b", "test", 2)]
+    got = {}
+
+    def visit(name):
+        got[name] = ScoreStore(tmp_path).fill(_table(calls, peek), sets, _images).rows
+
+    first = threading.Thread(target=visit, args=("first",))
+    first.start()
+    started.wait(10)
+    visit("second")
+    first.join()
+    assert sorted(calls) == [(2, 10, (0, 1)), (2, 20, (0,)), (3, 10, (0, 1)), (3, 20, (0,))]  # once each
+    assert len(got["first"]) == len(got["second"]) == 15

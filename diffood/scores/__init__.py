@@ -48,6 +48,7 @@ class Pick:
     sampler: str = ""
     images: dict = field(default_factory=dict)
     stages: str = ""
+    level: float = 0.0  # the paired interval's level of the rule; 0: a record of the fixed-tolerance rule
     own: bool = True
 
     @property
