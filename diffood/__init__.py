@@ -3,4 +3,4 @@
 from .api import Explanation, Scorer, fit, load
 
 __all__ = ["Explanation", "Scorer", "fit", "load"]
-__version__ = "0.4.0"
+__version__ = "0.5.0"

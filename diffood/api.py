@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,7 @@ from .evaluate import EvalConfig, EvalResult, evaluate
 from .features import bank_images
 from .fit import FitConfig
 from .fit import fit as _fit
+from .hardest import hardest_cases
 from .images import as_pixels, to_model_input
 from .inputs import Entry, collect
 from .model import Checkpoint, load_checkpoint
@@ -98,9 +99,23 @@ class Scorer:
         set (default: the checkpoint's own); `settings` are EvalConfig's fields."""
         return self.evaluation(ood, progress, **settings).summary
 
-    def evaluation(self, ood: Iterable[str] | None = None, progress=None, **settings) -> EvalResult:
-        """The whole evaluation: per-image score table and summary. Its sampler, steps and seed are the
-        reference's unless `settings` say otherwise."""
+    def summaries(self, ood: Iterable[str] | None = None, progress: Callable[[int, int, str], None] | None = None,
+                  **settings) -> Iterator[pd.DataFrame]:
+        """The summary as it becomes available: first the default score alone (one to four network calls per
+        image for the shipped models: the quick answer), then every score and curve."""
+        yield self.evaluation(ood, progress, default_only=True, **settings).summary
+        yield self.evaluation(ood, progress, **settings).summary
+
+    def hardest(self, ood: Iterable[str] | None = None, k: int = 20, **settings) -> pd.DataFrame:
+        """The default score's k worst false alarms (ID test images it calls OOD) and k worst misses (OOD images
+        it calls ID) at the reference's threshold, most wrong first (hardest.COLUMNS)."""
+        result = self.evaluation(ood, default_only=True, **settings)
+        return hardest_cases(result, tpr=self.reference.tpr, k=k)
+
+    def evaluation(self, ood: Iterable[str] | None = None, progress=None, default_only: bool = False,
+                   **settings) -> EvalResult:
+        """The whole evaluation (`default_only`: the default score alone): per-image score table and summary.
+        Its sampler, steps and seed are the reference's unless `settings` say otherwise."""
         known = {f.name for f in fields(EvalConfig)}
         bad = sorted(set(settings) - known)
         if bad:
@@ -111,7 +126,7 @@ class Scorer:
         base = dict(checkpoint=str(self.checkpoint.path), ood=None if ood is None else tuple(ood),
                     sampler=self.reference.sampler, steps=self.reference.steps, seed=self.reference.seed,
                     data_dir=self.data_dir, tpr=self.reference.tpr)
-        return evaluate(EvalConfig(**(base | settings)), self.checkpoint, progress)
+        return evaluate(EvalConfig(**(base | settings)), self.checkpoint, progress, default_only=default_only)
 
     def explain(self, image: Input, n: int = 5, invert: bool | None = None) -> Explanation:
         """The verdict on one image and its n nearest ID training images in the model's feature space."""

@@ -195,7 +195,7 @@ def provenance(name: str, split: str = "test", n: int | None = None, seed: int =
     name = id.resolve(name)
     prefix, _, kind = name.rpartition("-")
     if name in ("gaussian-noise", "uniform"):
-        return {(f"noise stream {seed + NOISE_STREAMS[split]}", i) for i in range(n if n is not None else 1000)}
+        return {(f"{name}, noise stream {seed + NOISE_STREAMS[split]}", i) for i in range(n if n is not None else 1000)}
     if prefix == id.name and kind in _TRANSFORM_FNS:
         name = id.name
     if name != id.name:

@@ -97,22 +97,21 @@ st.subheader("The hardest cases at this threshold")
 st.caption("Scores with the share of ID validation images scoring lower (%); each list most wrong first. Offline, "
            "the images come from the shipped sample, which holds the first images of each set.")
 SHOWN = 12
+listed = cases.groupby("case", sort=False).head(SHOWN)
+images = dict(zip(listed.index, case_images(result, listed, checkpoint())))
 for case in CASES.values():
     rows = cases[cases["case"] == case]
     st.markdown(f"**{TITLES[case]}: {len(rows)}**" + (f" (the {SHOWN} most wrong shown)" if len(rows) > SHOWN else ""))
-    if len(rows):
-        gallery(rows.head(SHOWN), case_images(result, rows.head(SHOWN), checkpoint()))
+    gallery(rows.head(SHOWN), [images[i] for i in rows.head(SHOWN).index])
 st.download_button("Download the hardest cases (CSV)", cases.assign(dataset=cases["dataset"].map(
     lambda name: dataset_label(checkpoint().data, name))).to_csv(index=False), file_name="diffood_hardest.csv",
     mime="text/csv", key="hardest_csv")
-
-listed = cases.head(SHOWN * 2)
-at_hand = [(r, x) for r, x in zip(listed.itertuples(), case_images(result, listed, checkpoint())) if x is not None]
+at_hand = {f"{r.case}: {dataset_label(checkpoint().data, r.dataset)} #{r.index}": images[r.Index]
+           for r in listed.itertuples() if images[r.Index] is not None}
 if at_hand:
-    names = {f"{r.case}: {dataset_label(checkpoint().data, r.dataset)} #{r.index}": x for r, x in at_hand}
-    chosen = st.selectbox("Why this verdict? An image of the lists", list(names), key="hardest_why")
+    chosen = st.selectbox("Why this verdict? An image of the lists", list(at_hand), key="hardest_why")
     if st.button("Open it in Score your image", key="hardest_open"):
-        st.session_state["explain_case"] = (chosen, to_png(names[chosen]))
+        st.session_state["explain_case"] = (chosen, to_png(at_hand[chosen]))
         st.session_state["upload_source"], st.session_state["upload_invert"] = chosen, "never"
         st.switch_page(page("upload"))
 

@@ -162,3 +162,19 @@ def test_the_cli_tpr_gives_the_validation_quantile_and_verdicts_follow_it(offlin
     assert (table["tpr"] == 0.99).all()
     assert (table["verdict"] == np.where(table["score"] > table["threshold"], "likely OOD", "looks in-distribution")).all()
     assert f"threshold {table['threshold'].iloc[0]:+.3f} accepts 99.0% of 500 ID validation images" in capsys.readouterr().out
+
+
+def test_summaries_come_default_first_then_everything_and_hardest_lists_the_wrong_side(scorer):
+    """Offline, from the shipped tables: the quick summary holds the default score alone, the full one adds the
+    curves and the other scores with the same default row; the hardest cases lie on the wrong side."""
+    first, full = list(scorer.summaries(["fashionmnist-vflip"]))
+    assert "default" in set(first["metric"]) and not {"multi-t", "mse"} & set(first["metric"])
+    assert {"multi-t", "mse", "default"} <= set(full["metric"])
+    row = lambda s: s[s["metric"] == "default"].iloc[0]  # noqa: E731
+    assert row(first)["auroc"] == row(full)["auroc"]
+    cases = scorer.hardest(["fashionmnist-vflip"], k=5)
+    alarms, misses = cases[cases["case"] == "false alarm"], cases[cases["case"] == "miss"]
+    threshold = row(first)["threshold"]
+    assert len(alarms) == len(misses) == 5
+    assert (alarms["score"] > threshold).all() and (misses["score"] <= threshold).all()
+    assert alarms["score"].is_monotonic_decreasing and misses["score"].is_monotonic_increasing

@@ -1,0 +1,125 @@
+"""The first answer on something new: a real server and headless Chromium upload a .zip of N images as an OOD set
+on the shipped FashionMNIST model, then time (a) until Score histograms draws the default score's histogram and
+(b) with --full, until the ROC page is complete (every chart and the table). The upload and its decoding count.
+Where a page offers a button instead, it is clicked, as a visitor would. --repo runs another checkout's app (an
+older commit, for a before-and-after on one machine).
+
+    python benchmarks/first_answer.py [--n 1000] [--full] [--repo PATH]
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from common import parser, report
+from PIL import Image
+
+from diffood.sets import load_images
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run"]
+TIMEOUT_MS = 1_800_000
+
+
+def archive(n: int, data_dir: str | None) -> bytes:
+    """n MNIST test images as PNG files in a .zip."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i, image in enumerate(load_images("mnist", "test", n, 0, data_dir)):
+            png = io.BytesIO()
+            Image.fromarray(image[0].numpy()).save(png, format="PNG")
+            z.writestr(f"digits/{i:05d}.png", png.getvalue())
+    return buf.getvalue()
+
+
+def serve(repo: Path, data_dir: str | None, cache: str) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DIFFOOD_CACHE_DIR": cache, "PYTHONPATH": str(repo)}
+    if data_dir:
+        env["DIFFOOD_DATA_DIR"] = data_dir
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("streamlit did not start")
+
+
+def settled(page) -> None:
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=TIMEOUT_MS)
+    page.wait_for_function("!document.querySelector('[data-stale=\"true\"]')", timeout=TIMEOUT_MS)
+
+
+def click_compute(page) -> None:
+    """Press the page's compute button where it shows one instead of the chart (what a visitor does)."""
+    button = page.get_by_role("button", name="Compute now")
+    if button.count():
+        button.first.click()
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    p = parser(__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=1000, help="images in the uploaded .zip")
+    p.add_argument("--full", action="store_true", help="also time the ROC page until it is complete")
+    p.add_argument("--repo", default=str(ROOT), help="the checkout whose app is served")
+    a = p.parse_args()
+    data = archive(a.n, a.data_dir)
+    rows = []
+    with tempfile.TemporaryDirectory() as cache, sync_playwright() as pw:
+        proc, url = serve(Path(a.repo), a.data_dir, cache)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"{url}/histograms")
+            page.get_by_text("ID accepted (TPR)").wait_for()  # the shipped default set, drawn from shipped tables
+            settled(page)
+            uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="Or upload an OOD set")
+            start = time.perf_counter()
+            uploader.locator('input[type="file"]').set_input_files(
+                files=[{"name": "digits.zip", "mimeType": "application/zip", "buffer": data}])
+            page.get_by_text(f"uploaded digits.zip ({a.n} images)").first.wait_for()
+            settled(page)
+            click_compute(page)
+            page.locator(".gtitle", has_text="default score").first.wait_for()
+            page.get_by_text("ID accepted (TPR)").wait_for()
+            first = time.perf_counter() - start
+            rows.append({"stage": "(a) first histogram of the default score", "images": a.n, "seconds": round(first, 1)})
+            if a.full:
+                page.get_by_role("link", name="ROC / AUROC vs t").click()
+                settled(page)
+                click_compute(page)
+                page.get_by_text("Download CSV").first.wait_for()
+                settled(page)
+                rows.append({"stage": "(b) the ROC page complete", "images": a.n,
+                             "seconds": round(time.perf_counter() - start, 1)})
+        finally:
+            browser.close()
+            proc.terminate()
+            proc.wait(timeout=30)
+    report(rows, "first_answer", "cpu", a.out)
+
+
+if __name__ == "__main__":
+    main()
