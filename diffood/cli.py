@@ -265,7 +265,7 @@ def _cmd_explain(a) -> int:
     from torchvision.utils import save_image
 
     from .evaluate import EvalConfig, evaluate
-    from .hardest import CASES, TITLES, case_images, contact_sheet, hardest_cases
+    from .hardest import CASES, TITLES, case_images, contact_sheet, wrong_cases
     from .options import from_args
     from .verdict import Reference
 
@@ -277,8 +277,8 @@ def _cmd_explain(a) -> int:
     result = evaluate(cfg, ckpt, progress, default_only=True)
     bar.close()
     reference = Reference.from_result(result, tpr=cfg.tpr)
-    cases = hardest_cases(result, tpr=cfg.tpr, k=a.hardest)
-    images = case_images(result, cases, ckpt)
+    cases = wrong_cases(result.score_frame(reference.spec), reference.threshold, reference.val_scores, a.hardest)
+    images = case_images(result.config, cases, ckpt)
     cases["image_at_hand"] = [x is not None for x in images]
     if _main():
         cases.to_csv(f"{a.out}.csv", index=False)

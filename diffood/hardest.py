@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from .errors import DiffoodError
-from .evaluate import EvalResult, image_sets
+from .evaluate import EvalConfig, EvalResult, image_sets
 from .model import Checkpoint
 from .samples import BUNDLE
 from .scores import DEFAULT, ScoreSpec
@@ -62,10 +62,10 @@ def bin_rows(frame: pd.DataFrame, edges: np.ndarray, i: int, val_scores) -> pd.D
     return rows.assign(percentile=percentiles(rows["score"], val_scores))
 
 
-def case_images(result: EvalResult, rows: pd.DataFrame, checkpoint: Checkpoint) -> list[torch.Tensor | None]:
-    """The image (uint8, C x S x S) of each row (role, dataset, index) of the evaluation's tables; None where the
-    data is not at hand (offline, the shipped sample holds the first images of each seeded set)."""
-    cfg = result.config
+def case_images(cfg: EvalConfig, rows: pd.DataFrame, checkpoint: Checkpoint) -> list[torch.Tensor | None]:
+    """The image (uint8, C x S x S) of each row (role, dataset, index) of an evaluation's tables (`cfg`: its
+    resolved config); None where the data is not at hand (offline, the shipped sample holds the first images of
+    each seeded set)."""
     sets = {(role, name): (split, n) for role, name, split, n in image_sets(cfg, checkpoint)}
     out: list[torch.Tensor | None] = [None] * len(rows)
     for (role, dataset), part in rows.reset_index(drop=True).groupby(["role", "dataset"], sort=False):

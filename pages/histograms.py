@@ -3,16 +3,19 @@
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from diffood.diffusion import sampler_name
+from diffood.evaluate import as_json, from_json, resolve
 from diffood.images import to_png
 from diffood.hardest import CASES, TITLES, bin_rows, case_images, wrong_cases
 from diffood.metrics import auroc, rates_at_threshold, threshold_at_tpr
 from diffood.scores import Pick, method_names, parse
 from diffood.scoring import METRICS
-from pages.common import checkpoint, dataset_label, evaluated_tables, evaluation, page, through_app, to_display, tpr
+from pages.common import (checkpoint, dataset_label, evaluated_tables, evaluation, load_model, page, through_app,
+                          to_display, tpr)
 
 through_app()
 
@@ -78,6 +81,19 @@ st.caption(f"The starting threshold {default_thr:.4f} accepts {tpr():.1%} of the
            + (f" The {metric} score: {result.named[metric].describe()}." if metric in result.named else ""))
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _images(path: str, sha: str, config_json: str, wanted: tuple) -> list:
+    """The images of table rows (role, dataset, index), read once per rows and settings (a threshold move reruns)."""
+    rows = pd.DataFrame(list(wanted), columns=["role", "dataset", "index"])
+    ckpt = load_model(path)
+    return case_images(resolve(from_json(config_json), ckpt), rows, ckpt)
+
+
+def images_of(rows) -> list:
+    return _images(str(checkpoint().path), checkpoint().key, as_json(cfg),
+                   tuple(rows[["role", "dataset", "index"]].itertuples(index=False, name=None)))
+
+
 def gallery(rows, images) -> None:
     """The rows' images in a grid, each captioned with its score and ID percentile."""
     for i, (row, image) in enumerate(zip(rows.itertuples(), images)):
@@ -98,7 +114,7 @@ st.caption("Scores with the share of ID validation images scoring lower (%); eac
            "the images come from the shipped sample, which holds the first images of each set.")
 SHOWN = 12
 listed = cases.groupby("case", sort=False).head(SHOWN)
-images = dict(zip(listed.index, case_images(result, listed, checkpoint())))
+images = dict(zip(listed.index, images_of(listed)))
 for case in CASES.values():
     rows = cases[cases["case"] == case]
     st.markdown(f"**{TITLES[case]}: {len(rows)}**" + (f" (the {SHOWN} most wrong shown)" if len(rows) > SHOWN else ""))
@@ -128,4 +144,4 @@ which = st.selectbox("Bin (click a bar, or choose)", options, key="hist_bin", in
 if which is not None:
     rows = bin_rows(frame, edges, which, val_s)
     st.caption(f"{len(rows)} images, highest score first" + (f"; the first {SHOWN * 2} shown" if len(rows) > SHOWN * 2 else ""))
-    gallery(rows.head(SHOWN * 2), case_images(result, rows.head(SHOWN * 2), checkpoint()))
+    gallery(rows.head(SHOWN * 2), images_of(rows.head(SHOWN * 2)))
