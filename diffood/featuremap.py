@@ -73,9 +73,7 @@ def most_similar(points: np.ndarray, i: int, k: int) -> np.ndarray:
     unit = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
     distance = 1.0 - unit @ unit[i]
     distance[i] = np.inf
-    k = min(k, len(points) - 1)
-    order = np.argpartition(distance, k - 1)[:k] if k > 0 else np.array([], dtype=int)
-    return order[np.argsort(distance[order], kind="stable")]
+    return np.argsort(distance, kind="stable")[:max(0, min(k, len(points) - 1))]
 
 
 def selection_archive(table: pd.DataFrame, images: list[torch.Tensor | None]) -> bytes:

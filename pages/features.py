@@ -170,12 +170,13 @@ for i in picked[:12]:
         cols[2].markdown("nearest training images: " + ", ".join(f"#{j} at {d:.4f}" for j, d in near))
 
 
-def images_of(chosen: list[int]) -> list[torch.Tensor | None]:
-    """The points' images (uint8, C x S x S), None where one is not on this machine; each set read once."""
+def images_of(chosen: list[int], seed: int) -> list[torch.Tensor | None]:
+    """The points' images (uint8, C x S x S), None where one is not on this machine; each set read once. It runs
+    when the export is downloaded, outside the script run, so it reads nothing from the session."""
     sets = {}
     for name in dict.fromkeys(names[i] for i in chosen if names[i] != "bank"):
         try:
-            sets[name] = load_images(name, "test", n, int(s["seed"]), id=data)
+            sets[name] = load_images(name, "test", n, seed, id=data)
         except DiffoodError:
             pass
     in_bank = [i for i in chosen if names[i] == "bank"]
@@ -201,7 +202,7 @@ table = pd.DataFrame({"set": [names[i] for i in picked], "label": [labels[i] for
                       "verdict": np.where(~np.isfinite(scores[picked]), "",
                                           np.where(scores[picked] > reference.threshold, "likely OOD", "in-distribution"))})
 st.download_button(f"Download the {len(picked)} images and their scores (.zip)",
-                   lambda: selection_archive(table, images_of(picked)), file_name="diffood_selection.zip",
+                   lambda seed=int(s["seed"]): selection_archive(table, images_of(picked, seed)), file_name="diffood_selection.zip",
                    mime="application/zip", key="map_export",
                    help="PNG images and selection.csv (set, index, score, verdict): a folder to use as an OOD set, or "
                         "a list of images to clean")
