@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +27,7 @@ from .model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 from .options import doc
 from .paths import from_env
 from .perceptual import get_lpips, lpips_status
-from .scores import DEFAULT, Context, Features, Pick, ScoreSpec, ZMean, named_scores, parse, table_name
+from .scores import DEFAULT, RECONSTRUCTION, Context, Features, Pick, ScoreSpec, ZMean, named_scores, parse, table_name
 from .scores.base import TABLE_KEYS, Fitted, zmean_frame
 from .scoring import METRICS, distance_frame, embed_draws, score_images
 from .sets import PROXY_SPLITS, load_images
@@ -246,6 +247,9 @@ def tables(cfg: EvalConfig, checkpoint: Checkpoint, named: dict[str, ScoreSpec],
         for t, k in term.needs().items():  # a kind with a shared table: the draws it reads at each t
             needs[term.table][t] = max(needs[term.table].get(t, 0), k)
     need_r, need_f = needs["reconstruction"], needs["features"]
+    own = {t for name in (DEFAULT, RECONSTRUCTION) if name in named for t in named[name].terms()}
+    first = {kind: tuple(sorted({t for term in own if term.table == kind for t in term.needs()}))
+             for kind in needs}  # the reported scores' own t, before the curves'
     sidecar = {"checkpoint_sha256": checkpoint.sha256, "n": cfg.n, "n_val": cfg.n_val, "seed": cfg.seed,
                "precision": precision}
     out = []
@@ -254,7 +258,8 @@ def tables(cfg: EvalConfig, checkpoint: Checkpoint, named: dict[str, ScoreSpec],
             "reconstruction", cfg.cache_key(checkpoint.key, lpips_net is not None), SCORE_COLUMNS, need_r,
             lambda x, t, draws, step: score_images(model, x, [t], scheduler, cfg.sampler, cfg.steps, cfg.seed,
                                                    lpips_net, cfg.batch_size, step, draws, precision),
-            {**sidecar, "sampler": cfg.sampler, "steps": cfg.steps, "lpips": lpips_net is not None}))
+            {**sidecar, "sampler": cfg.sampler, "steps": cfg.steps, "lpips": lpips_net is not None},
+            first["reconstruction"]))
     if bank is not None and need_f:
         cache = default_cache_dir()  # banks at other t_f are a cache of their own, never beside shipped tables
 
@@ -265,7 +270,7 @@ def tables(cfg: EvalConfig, checkpoint: Checkpoint, named: dict[str, ScoreSpec],
             return distance_frame(at, e, draws)
 
         out.append(Table("features", cfg.feature_key(checkpoint.key, bank), FEATURE_COLUMNS, need_f, features,
-                         {**sidecar, "bank": bank.metadata()}))
+                         {**sidecar, "bank": bank.metadata()}, first["features"]))
     for term in sorted((t for t in terms if not t.table), key=table_name):
         out.append(_own_table(cfg, checkpoint, term, lpips_net))
     return out
@@ -315,18 +320,49 @@ def pending_images(cfg: EvalConfig, checkpoint: Checkpoint) -> int:
     return table_status(cfg, checkpoint)[0]
 
 
+def _calls(cfg: EvalConfig, named: dict[str, ScoreSpec]) -> Callable[[Table, int], int]:
+    """calls(table, t): network calls per image and draw of one of the tables `named` reads, at t."""
+    terms = {table_name(t): t for s in named.values() for t in s.terms()}
+
+    def calls(table: Table, t: int) -> int:
+        if table.name == "reconstruction":
+            return network_calls(cfg.sampler, cfg.steps, t)
+        return 1 if table.name == "features" else terms[table.name].calls(cfg.sampler, cfg.steps)
+    return calls
+
+
 def pending_calls(cfg: EvalConfig, checkpoint: Checkpoint, default_only: bool = False) -> int:
     """Network calls `evaluate(cfg)` still has to make: each missing part's images times its calls per image."""
     cfg, named, _, bank, _ = plan(cfg, checkpoint, default_only)
-    store, sets = _store(cfg, checkpoint), image_sets(cfg, checkpoint)
-    terms = {table_name(t): t for s in named.values() for t in s.terms()}
-    calls = 0
-    for table in tables(cfg, checkpoint, named, bank, None):
-        for p in store.missing(table, sets):
-            per = (network_calls(cfg.sampler, cfg.steps, p.t) if table.name == "reconstruction" else 1
-                   if table.name == "features" else terms[table.name].calls(cfg.sampler, cfg.steps))
-            calls += p.images * per
-    return calls
+    store, sets, calls = _store(cfg, checkpoint), image_sets(cfg, checkpoint), _calls(cfg, named)
+    return sum(p.images * calls(table, p.t) for table in tables(cfg, checkpoint, named, bank, None)
+               for p in store.missing(table, sets))
+
+
+def ready(cfg: EvalConfig, checkpoint: Checkpoint) -> tuple[EvalConfig, bool] | None:
+    """The part of `cfg` the store holds already, as (config, default_only) whose evaluation computes nothing: the
+    t, t_f and methods with every part computed, or the default score alone; None: not even that. What a page
+    draws while the rest is computed."""
+    full, named, _, bank, _ = plan(cfg, checkpoint)
+    store, sets = _store(full, checkpoint), image_sets(full, checkpoint)
+    lpips_on = cfg.lpips and lpips_status().available
+    lacking = {(table.name, p.t) for table in tables(full, checkpoint, named, bank, object() if lpips_on else None)
+               for p in store.missing(table, sets)}
+
+    def complete(c: EvalConfig, default_only: bool = False) -> bool:
+        try:
+            return table_status(c, checkpoint, default_only)[0] == 0
+        except DiffoodError:
+            return False
+
+    part = replace(cfg, ts=tuple(t for t in cfg.ts if ("reconstruction", t) not in lacking),
+                   feature_ts=tuple(t for t in cfg.feature_ts if ("features", t) not in lacking), methods=())
+    if not complete(part):
+        return (cfg, True) if complete(cfg, True) else None
+    for m in cfg.methods:
+        if complete(with_method := replace(part, methods=(*part.methods, m))):
+            part = with_method
+    return part, False
 
 
 def evaluate(cfg: EvalConfig, checkpoint: Checkpoint | None = None, progress: Progress | None = None,
@@ -347,7 +383,9 @@ def evaluate(cfg: EvalConfig, checkpoint: Checkpoint | None = None, progress: Pr
 
     wanted_roles = {"id_val", *(["id"] if cfg.id_test else [])}
     filled: dict[str, Filled] = {}
-    todo = tables(cfg, checkpoint, named, bank, lpips_net)
+    calls = _calls(cfg, named)  # the cheapest table first: what is done sooner is drawn sooner
+    todo = sorted(tables(cfg, checkpoint, named, bank, lpips_net),
+                  key=lambda tb: sum(calls(tb, t) * k for t, k in tb.need.items()))
     for term in {t for s in named.values() for t in s.terms() if isinstance(t, Fitted)}:
         if store.missing(next(tb for tb in todo if tb.name == table_name(term)), sets):
             load_fit(checkpoint, term)  # a missing fit is said in one line before anything is computed

@@ -3,8 +3,9 @@
 A table is one gzip CSV named by the settings that change its values (Table.key), holding every (set, t, draw)
 computed so far: asking for another t, draw or set computes only what is missing. One process fills a table
 while the others wait for it (a file lock per table); under torchrun rank 0 decides what is missing and
-writes, every rank computes its share. While a table fills, what is done is written every `flush_s` seconds,
-so a reader (another page, another process) sees partial results. A checkpoint ships its tables in
+writes, every rank computes its share. A table fills one t at a time over every set, and what is done is
+written at the end of each t (and every `flush_s` seconds), so a reader (another page, another process) sees
+partial results. A checkpoint ships its tables in
 `<checkpoint>/evals/`, read when the cache has none.
 """
 
@@ -62,6 +63,7 @@ class Table:
     need: dict[int, int]
     compute: Callable[[torch.Tensor, int, list[int], Callable[[int], None]], pd.DataFrame]
     sidecar: dict = field(default_factory=dict)
+    first: tuple[int, ...] = ()  # t computed before the others (a score's own), then the rest in rising t
 
 
 @dataclass
@@ -99,7 +101,8 @@ class ScoreStore:
                 draws = tuple(d for d in range(k) if (role, name, t, d) not in have)
                 if draws:
                     todo.append(Part(role, name, split, n, t, draws))
-        return todo
+        # one t at a time over every set, so that each finished t is a complete piece a reader can draw
+        return sorted(todo, key=lambda p: (p.t not in table.first, p.t))
 
     def version(self, table: Table) -> str:
         """Changes whenever the table file read for it does."""
@@ -146,7 +149,8 @@ class ScoreStore:
 
                 part = table.compute(loaded[p.dataset, p.split, p.n], p.t, list(p.draws), step)
                 frames.append(part.assign(dataset=p.dataset, split=p.split, role=p.role))
-                if main and i < len(todo) - 1 and time.monotonic() - last > self.flush_s:
+                finished_t = i < len(todo) - 1 and todo[i + 1].t != p.t
+                if main and i < len(todo) - 1 and (finished_t or time.monotonic() - last > self.flush_s):
                     self._write(table, frames)  # partial results, readable while the rest is computed
                     last = time.monotonic()
             if main:

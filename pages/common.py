@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import runpy
 import threading
@@ -28,10 +29,12 @@ from diffood.evaluate import (
     evaluate,
     from_json,
     pending_calls,
+    ready,
     table_status,
 )
 from diffood.features import checkpoint_bank
 from diffood.fitted import has_fit
+from diffood.jobs import ABANDONED, FAILED, RUNNING, WAITING, server_jobs
 from diffood.inputs import IMAGE_SUFFIXES, MAX_ENTRIES, expand, store_images
 from diffood.model import DEFAULT_CHECKPOINT, Checkpoint, find_checkpoints, load_checkpoint
 from diffood.perceptual import get_lpips, lpips_status
@@ -285,21 +288,30 @@ def _read_evaluation(config_json: str, sha: str, version: str, default_only: boo
 FIRST_ANSWER_CALLS = 20_000  # the default score computed without a click: about 1000 images x 4 calls, or fewer
 
 
+@contextmanager
+def cache_warnings_shown():
+    """An unreadable cached table (moved aside, computed afresh) said on the page, not only in the log."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CacheWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                st.warning(without_paths(str(w.message)), icon=":material/warning:")
+
+
 def evaluation(cfg: EvalConfig, button: str = "Compute now", default_only: bool = False) -> EvalResult | None:
     """The evaluation for cfg if it needs no computing (shipped or cached); else a button that computes it with a
     progress bar. `default_only`: the default score alone (evaluate's cheap first answer), computed at once, with
     no click, where it costs at most FIRST_ANSWER_CALLS network calls. Returns None while it is not there."""
     ckpt = checkpoint()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CacheWarning)
+    with cache_warnings_shown():
         try:
             missing, version = table_status(cfg, ckpt, default_only)  # an unreadable cached table is moved aside here
             at_once = default_only and missing and pending_calls(cfg, ckpt, default_only=True) <= FIRST_ANSWER_CALLS
         except DiffoodError as e:  # a score typed in the sidebar that does not parse, a bank it lacks
             st.error(str(e))
             return None
-    for w in caught:
-        st.warning(str(w.message), icon=":material/warning:")
     if missing:
         banks = (f"; the feature term at t_f = {', '.join(map(str, cfg.feature_ts))}, each with a bank of the "
                  f"training images") if cfg.feature_ts and not default_only else ""
@@ -376,25 +388,108 @@ def evaluation_controls() -> None:
             st.stop()
 
 
-def evaluated_tables(default_first: bool = False) -> tuple[EvalConfig, EvalResult, bool]:
-    """The evaluation controls, then the table for the sidebar's settings; stops the page until it exists.
-    `default_first`: where the settings are new, the default score alone is computed at once and returned first,
-    with a button for the rest (the third value says the result is that part alone)."""
+WATCH_S = 2.0  # how often a page looks at its background job
+
+
+def evaluated_tables() -> tuple[EvalConfig, EvalResult, bool]:
+    """The evaluation controls, then the table for the sidebar's settings as far as it is computed (see
+    `in_background`); stops the page until there is something to draw. The third value: the rest is still
+    being computed."""
     evaluation_controls()
     cfg = eval_config()
-    first = None
-    try:
-        new = default_first and table_status(cfg, checkpoint())[0] > 0
-    except DiffoodError:  # evaluation() says what is wrong
-        new = False
-    if new:
-        first = evaluation(cfg, default_only=True)
-        if first is None:
-            st.stop()
-    result = evaluation(cfg, button="Compute the rest" if first else "Compute now")
-    if result is None and first is None:
+    result = in_background(cfg)
+    if result is None:
         st.stop()
-    return cfg, result or first, result is None
+    return cfg, result, table_status(cfg, checkpoint())[0] > 0
+
+
+def in_background(cfg: EvalConfig, button: str | None = None) -> EvalResult | None:
+    """cfg's result as far as it is computed. Shipped or cached: all of it. Else the default score first (computed
+    here at once where it is cheap), the rest handed to the server's background jobs (at once, or when `button`
+    is pressed) and what of it has landed returned, with a line that redraws the page as more lands; moving a
+    slider or leaving the page neither stops nor restarts it. None: nothing to draw yet."""
+    ckpt = checkpoint()
+    with cache_warnings_shown():
+        try:
+            missing, version = table_status(cfg, ckpt)
+            first = table_status(cfg, ckpt, default_only=True)[0]
+        except DiffoodError as e:
+            st.error(without_paths(str(e)))
+            return None
+    if not missing:
+        return evaluation(cfg)
+    if first and evaluation(cfg, default_only=True) is None:
+        return None  # the default score is not there yet: its button or its error is on the page
+    jobs, key = server_jobs(), job_key(cfg, ckpt)
+    job, start = jobs.get(key), False
+    if job is None or job.state == ABANDONED:
+        start = button is None or st.button(button, type="primary", key=f"start-{key}")
+        if not start:
+            st.info(without_paths(f"Not computed yet: {missing:,} images to run through the model. It runs in the "
+                                  f"background, and what is done is drawn as it lands."))
+            return None
+    elif not job.active:  # it failed, was stopped, or ended before its tables changed again: the user decides
+        if job.state == FAILED:
+            st.error(without_paths(f"The background computation failed: {job.error}"))
+        start = st.button(button or "Compute the rest", key=f"restart-{key}")
+    if start:
+        try:
+            job = jobs.submit(key, f"{ckpt.data.label} vs {', '.join(dataset_label(ckpt.data, o) for o in cfg.ood)}",
+                              lambda progress: evaluate(cfg, ckpt, progress))
+        except DiffoodError as e:  # the queue is full
+            st.warning(str(e), icon=":material/hourglass:")
+    part = ready(cfg, ckpt)
+    if job is not None and job.active:
+        job.touch()
+        watch(key, as_json(cfg), version)
+    if part is None:
+        return None
+    done, default_only = part
+    result = _read_evaluation(as_json(done), ckpt.key, table_status(done, ckpt, default_only)[1], default_only)
+    for note in result.notes:
+        st.info(note, icon=":material/info:")
+    return result
+
+
+def job_key(cfg: EvalConfig, ckpt: Checkpoint) -> str:
+    """One background job per checkpoint and settings (also the widgets' keys: no paths in them)."""
+    where = cfg.cache_dir or default_cache_dir()  # the tables it fills
+    return hashlib.sha256(f"{ckpt.key}:{where}:{as_json(cfg)}".encode()).hexdigest()[:20]
+
+
+def watch(key: str, config_json: str, version: str) -> None:
+    """The background job's progress, looked at every WATCH_S seconds; the page is redrawn when a piece lands
+    (its tables change) or the job ends."""
+
+    @st.fragment(run_every=WATCH_S)
+    def progress():
+        job = server_jobs().get(key)
+        if job is None or not job.active or table_status(from_json(config_json), checkpoint())[1] != version:
+            st.rerun()
+        job.touch()
+        queue = server_jobs().listing()
+        if job.state == WAITING:
+            ahead = queue.index(job) if job in queue else 0
+            st.caption(f"Waiting for the server's background work: {ahead} job{'s' * (ahead != 1)} ahead "
+                       f"(it runs {server_jobs().workers} at a time).")
+        else:
+            now = f"{job.what}: {job.done:,}/{job.total:,}" if job.total else "starting"
+            st.progress(job.fraction, text=without_paths(f"Computing the rest in the background ({now}). What is "
+                                                         f"done is drawn as it lands; the page stays usable."))
+        if st.button("Stop", key=f"stop-{key}", help="Stop the background computation; what is done is kept"):
+            job.cancel()
+
+    progress()
+
+
+def still_computing(cfg: EvalConfig, result: EvalResult) -> str:
+    """What of cfg its result lacks, for a chart's title: "t = 800, 900: computing, 40 %", or ""."""
+    lacking = [t for t in cfg.ts if t not in result.config.ts]
+    job = server_jobs().get(job_key(cfg, checkpoint()))
+    if not lacking or job is None or not job.active:
+        return ""
+    return f"t = {', '.join(map(str, lacking))}: " + (f"computing, {job.fraction * 100:.0f} %" if job.state == RUNNING
+                                                       else "waiting")
 
 
 if __name__ == "__main__":  # this helper module, opened as a page of its own

@@ -14,19 +14,19 @@ from diffood.hardest import CASES, TITLES, bin_rows, case_images, wrong_cases
 from diffood.metrics import auroc, rates_at_threshold, threshold_at_tpr
 from diffood.scores import Pick, method_names, parse
 from diffood.scoring import METRICS
-from pages.common import (checkpoint, dataset_label, evaluated_tables, evaluation, load_model, page, through_app,
+from pages.common import (checkpoint, dataset_label, evaluated_tables, in_background, load_model, page, through_app,
                           to_display, tpr)
 
 through_app()
 
 st.title("Score histograms")
-cfg, result, partial = evaluated_tables(default_first=True)
+cfg, result, partial = evaluated_tables()
 
 scores, ood = result.scores, cfg.ood[0]
 pick = Pick.of(checkpoint())
-more = {} if partial else {  # partial: the default score alone so far, the rest waits for its button above
+more = {} if partial else {  # partial: the rest is being computed; a method not reported is offered once it is done
     spec.name: spec for spec in (parse(m, pick) for m in method_names()) if spec not in result.named.values()}
-choices = [*result.named, *more, *([] if partial else METRICS)]
+choices = [*result.named, *more, *(METRICS if result.config.ts else [])]
 if st.session_state.get("hist_metric") not in choices:
     st.session_state.pop("hist_metric", None)
 metric = st.radio("Score", choices, horizontal=True, key="hist_metric",
@@ -34,10 +34,10 @@ metric = st.radio("Score", choices, horizontal=True, key="hist_metric",
                   + "\n\nThe default was chosen on proxy OOD sets; reconstruction and features are its two terms alone; "
                     "multi-t is the z-mean of MSE and LPIPS over t = 500-900 (Graham et al., CVPR-W 2023). The others: one metric at one t, one noise draw.")
 if metric in more:  # a method the sidebar does not report: its own tables, computed on request
-    result = evaluation(replace(cfg, methods=(*cfg.methods, more[metric])), button=f"Compute {metric}")
-    if result is None:
-        st.stop()
-    metric = next(name for name, spec in result.named.items() if spec == more[metric])
+    result = in_background(replace(cfg, methods=(*cfg.methods, more[metric])), button=f"Compute {metric}")
+    metric = next((name for name, spec in (result.named if result else {}).items() if spec == more[metric]), None)
+    if metric is None:
+        st.stop()  # not there yet: its button, or its progress
 if metric in result.named:
     table = result.score_frame(metric)
     label = f"{metric} score"

@@ -12,12 +12,15 @@ from diffood.metrics import POSITIVE_CLASS, roc_curve
 from diffood.scores import DEFAULT, FEATURES, MULTI_T, RECONSTRUCTION
 from diffood.scoring import METRICS
 from diffood.summary import describe_difference
-from pages.common import checkpoint, dataset_label, evaluated_tables, evaluation, through_app, with_every_method
+from pages.common import (checkpoint, dataset_label, evaluated_tables, in_background, still_computing, through_app,
+                          with_every_method)
 
 through_app()
 
 st.title("ROC / AUROC vs t")
 cfg, result, _ = evaluated_tables()
+pending = still_computing(cfg, result)  # named on the per-t charts while the rest lands
+pending = f" ({pending})" if pending else ""
 summary, scores, ood = result.summary, result.scores, cfg.ood[0]
 label = dataset_label(checkpoint().data, ood)  # an uploaded set by its files' names, never the server's path
 per_t = summary[summary["t"].notna() & summary["metric"].isin(METRICS)]
@@ -73,7 +76,7 @@ for name, dash in ((DEFAULT, "solid"), (MULTI_T, "dash")):
                       annotation_text=f"{name}: {float(combined.loc[name, 'auroc']):.3f}",
                       annotation_position="top right" if name == DEFAULT else "bottom right")
 fig.add_hline(y=0.5, line_dash="dot", line_color="gray", annotation_text="chance")
-fig.update_layout(title=f"AUROC vs t: {checkpoint().data.label} vs {label}", xaxis_title="t", yaxis_title="AUROC", yaxis_range=[0, 1.02])
+fig.update_layout(title=f"AUROC vs t: {checkpoint().data.label} vs {label}{pending}", xaxis_title="t", yaxis_title="AUROC", yaxis_range=[0, 1.02])
 st.plotly_chart(fig, config=png)
 
 fig = go.Figure()
@@ -83,13 +86,13 @@ for m in metrics:
 for name, dash in ((DEFAULT, "solid"), (MULTI_T, "dash")):
     if name in combined.index:
         fig.add_hline(y=float(combined.loc[name, "fpr95"]), line_dash=dash, annotation_text=name)
-fig.update_layout(title="FPR at 95 % TPR vs t (lower is better)", xaxis_title="t", yaxis_title="FPR95", yaxis_range=[0, 1.02])
+fig.update_layout(title=f"FPR at 95 % TPR vs t (lower is better){pending}", xaxis_title="t", yaxis_title="FPR95", yaxis_range=[0, 1.02])
 st.plotly_chart(fig, config=png)
 
 knn = result.features
 if knn is not None:
     st.subheader("The feature score against its noise level")
-    curve = evaluation(replace(cfg, feature_ts=FEATURE_CURVE_TS), button="Compute the feature curve")
+    curve = in_background(replace(cfg, feature_ts=FEATURE_CURVE_TS), button="Compute the feature curve")
     if curve is not None:
         rows = curve.summary[(curve.summary["metric"] == knn.metric) & (curve.summary["ood"] == ood)].sort_values("t")
         chosen = rows[rows["t"] == knn.t]
@@ -114,7 +117,7 @@ if knn is not None:
                        f"{feature['auroc']:.3f}, FPR95 {feature['fpr95']:.3f} (the diamond)."))
 
 st.subheader("Every method, side by side")
-every = evaluation(with_every_method(cfg), button="Compute every method")
+every = in_background(with_every_method(cfg), button="Compute every method")
 if every is not None:
     table = method_table(every.summary, ood)
     st.dataframe(table.assign(described=[every.named[n].describe() if n in every.named else "" for n in table["score"]]),
@@ -143,10 +146,10 @@ single = scores[scores["draw"] == 0]
 ts = sorted(single["t"].unique())
 options = [*result.named, *metrics]
 chosen_m = c1.multiselect("Scores", options, default=[*(n for n in (DEFAULT, RECONSTRUCTION, MULTI_T) if n in result.named),
-                                                     best["metric"] if best is not None else "mse"],
+                                                     *([best["metric"]] if best is not None else [])],
                           key="roc_metrics")
-best_t = int(best["t"]) if best is not None else ts[-1]
-chosen_t = c2.multiselect("t (for single-t scores)", ts, default=[best_t], key="roc_ts")
+chosen_t = c2.multiselect("t (for single-t scores)", ts, default=[int(best["t"])] if best is not None else ts[-1:],
+                          key="roc_ts")
 fig = go.Figure()
 for m in chosen_m:
     if m in result.named:

@@ -2,12 +2,14 @@
 
 import io
 import shutil
+import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from diffood.jobs import server_jobs
 from tests.conftest import DATA_DIR, ROOT, needs_data
 
 pytestmark = needs_data
@@ -46,10 +48,13 @@ COMPUTE = ("Compute now", "Compute the rest")
 
 
 def _computed(at):
-    """Press 'Compute now' (or 'Compute the rest') where the page offers it (settings not evaluated yet)."""
+    """Press 'Compute now' where the page offers it (settings not evaluated yet), let the server's background
+    work finish, and draw the page again."""
     buttons = [b for b in at.button if b.label in COMPUTE]
     if buttons:
         buttons[0].click().run()
+    assert server_jobs().wait_all(600)
+    at.run()
     _ok(at)
     assert not [b for b in at.button if b.label in COMPUTE]
     return at
@@ -501,15 +506,26 @@ def test_the_hardest_cases_are_the_images_on_the_wrong_side_and_a_bin_lists_its_
     assert any("validation images" in m.value for m in [*app.error, *app.success])  # its verdict
 
 
-def test_on_new_settings_the_default_scores_histogram_comes_first_without_a_click(app):
-    """A new OOD set: the histogram of the default score is drawn at once, the rest waits for its button."""
+def test_on_new_settings_the_default_scores_histogram_comes_first_and_the_rest_arrives_in_the_background(app):
+    """A new OOD set: the histogram of the default score is drawn at once, without a click; the rest is computed
+    by one background job of the server (the page and the ROC page asking for it share it), drawn when done."""
+    jobs = server_jobs()
+    gate = threading.Event()  # holds the server's one worker, so that the page's job waits behind it
+    jobs.submit("test-gate", "a job ahead", lambda progress: gate.wait(60))
+    try:
+        goto(app, "pages/histograms.py")
+        _ok(app)
+        assert not [b for b in app.button if b.label in COMPUTE]
+        assert app.radio(key="hist_metric").options == ["default"] and app.get("plotly_chart")
+        assert "default score" in app.get("plotly_chart")[0].proto.spec
+        [job] = [j for j in jobs.listing() if j.key != "test-gate"]
+        assert job.state == "waiting" and any("1 job ahead" in c.value for c in app.caption)
+        goto(app, "pages/roc.py")  # the same settings on another page: the same job, no second one
+        _ok(app)
+        assert [j.key for j in jobs.listing()] == ["test-gate", job.key]
+    finally:
+        gate.set()
+    assert job.wait(600) and job.state == "done", job.error
     goto(app, "pages/histograms.py")
     _ok(app)
-    assert not [b for b in app.button if b.label == "Compute now"]
-    [rest] = [b for b in app.button if b.label == "Compute the rest"]
-    assert app.radio(key="hist_metric").options == ["default"] and app.get("plotly_chart")
-    assert "default score" in app.get("plotly_chart")[0].proto.spec
-    rest.click().run()
-    _ok(app)
-    assert not [b for b in app.button if b.label == "Compute the rest"]
     assert {"multi-t", "mse"} <= set(app.radio(key="hist_metric").options)

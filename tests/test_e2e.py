@@ -15,6 +15,7 @@ import time
 import urllib.request
 import zipfile
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -402,4 +403,58 @@ def test_a_box_selection_on_the_feature_map_shows_the_selected_images(server, br
     _settled(page)
     page.get_by_text(re.compile(r"^Ringed on the map: the 10 points nearest")).wait_for()
     page.locator(".legendtext", has_text="10 most similar to").first.wait_for()
+    page.close()
+
+
+def _letters_zip(n: int) -> bytes:
+    """n small images of bars and blocks, nothing like clothing, as one .zip."""
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i in range(n):
+            a = np.zeros((28, 28), np.uint8)
+            r, c = rng.integers(2, 20, 2)
+            a[r:r + rng.integers(3, 8), :] = 255 if i % 2 else 0
+            a[:, c:c + rng.integers(2, 6)] = 200
+            png = io.BytesIO()
+            Image.fromarray(a).save(png, format="PNG")
+            z.writestr(f"letters/{i:03d}.png", png.getvalue())
+    return buf.getvalue()
+
+
+def test_an_uploaded_set_answers_first_and_draws_the_rest_as_it_arrives(fresh_server, browser, shots):
+    """A 300-image upload: the default score's histogram without a click; the ROC page's curves partial, then
+    complete, computed in the server's background while the threshold moves; no exception anywhere."""
+    page = _page(browser, fresh_server, "histograms")
+    _settled(page)
+    _uploader(page, "Or upload an OOD set").set_input_files(
+        files=[{"name": "letters.zip", "mimeType": "application/zip", "buffer": _letters_zip(300)}])
+    page.get_by_text("ID accepted (TPR)").first.wait_for()  # the default score's histogram and rates
+    assert page.get_by_role("button", name="Compute now").count() == 0
+    page.get_by_role("link", name="ROC / AUROC vs t").click()
+    page.get_by_text("Computing the rest in the background").first.wait_for()
+    page.get_by_text(re.compile(r"AUROC vs t: .* \(t = [\d, ]+: (computing, \d+ %|waiting)\)")).first.wait_for()
+    page.screenshot(path=str(shots / "partial-curves.png"), full_page=True)
+    page.get_by_role("link", name="Score histograms").click()  # meanwhile: the threshold moves
+    page.get_by_text("ID accepted (TPR)").first.wait_for()
+    box = page.locator('[data-testid="stSlider"]').filter(has_text="Threshold")
+    before = box.inner_text()  # its label, bounds and value
+    for _ in range(20):  # a redraw as a piece lands may take the focus: press again until it moves
+        box.get_by_role("slider").focus()
+        page.keyboard.press("ArrowRight")
+        page.wait_for_timeout(500)
+        if box.inner_text() != before:
+            break
+    else:
+        page.screenshot(path=str(shots / "threshold-stuck.png"), full_page=True)
+        pytest.fail("the threshold did not move while the curves were computed")
+    _settled(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.get_by_role("link", name="ROC / AUROC vs t").click()
+    complete = re.compile(r"AUROC vs t: .*uploaded letters\.zip \(300 images\)$")  # no t left to compute
+    page.get_by_text(complete).first.wait_for(timeout=900_000)  # 300 images x 35 calls: minutes on two CPU cores
+    _settled(page)
+    assert page.get_by_text("Computing the rest in the background").count() == 0
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.screenshot(path=str(shots / "complete-curves.png"), full_page=True)
     page.close()

@@ -18,6 +18,7 @@ from diffood.evaluate import (
     combined_ts,
     evaluate,
     pending_images,
+    ready,
 )
 from diffood.images import to_model_input
 from diffood.model import DEFAULT_CHECKPOINT, load_checkpoint
@@ -277,3 +278,19 @@ def test_the_shipped_default_figure_comes_back_from_nothing(tmp_path, name, ood)
     assert got["calls"] == want["calls"] and got["n_id"] == want["n_id"] == 1000
     assert got["auroc"] == pytest.approx(want["auroc"], abs=5e-4)
     assert got["fpr95"] == pytest.approx(want["fpr95"], abs=2e-3)
+
+
+@needs_data
+def test_ready_is_what_the_store_holds_and_evaluating_it_computes_nothing(tiny_checkpoint, monkeypatch):
+    """While the rest is computed a page draws `ready(cfg)`: nothing, then the default score (and whatever it
+    shares with the curves), then the t that are complete."""
+    ckpt = load_checkpoint(tiny_checkpoint)
+    cfg = _cfg(tiny_checkpoint, ts=(50, 400, 600))
+    assert ready(cfg, ckpt) is None
+    evaluate(cfg, ckpt, default_only=True)  # the default: t = 400, two draws, which the curve's t = 400 reads
+    assert ready(cfg, ckpt) == (_cfg(tiny_checkpoint, ts=(400,)), False)
+    evaluate(_cfg(tiny_checkpoint, ts=(600,)), ckpt)
+    part, default_only = ready(cfg, ckpt)
+    assert part == _cfg(tiny_checkpoint, ts=(400, 600)) and not default_only
+    monkeypatch.setattr(ev, "score_images", lambda *a, **k: pytest.fail("computed"))
+    assert set(evaluate(part, ckpt).scores["t"]) == {400, 600}

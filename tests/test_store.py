@@ -73,3 +73,14 @@ def test_two_sessions_asking_for_the_same_new_table_compute_it_once(tmp_path):
     first.join()
     assert sorted(calls) == [(2, 10, (0, 1)), (2, 20, (0,)), (3, 10, (0, 1)), (3, 20, (0,))]  # once each
     assert len(got["first"]) == len(got["second"]) == 15
+
+
+def test_a_table_fills_one_t_at_a_time_its_scores_own_t_first_and_writes_each_finished_t(tmp_path):
+    """Parts come t by t over every set (the table's `first` t before the rest), and each finished t is written
+    at once, whatever `flush_s` says: a reader draws complete pieces while the rest is computed."""
+    store, reader, calls, snapshots = ScoreStore(tmp_path, flush_s=1e9), ScoreStore(tmp_path), [], []
+    table = _table(calls, lambda: snapshots.append(len(reader.read(table)[0])))
+    table.first = (20,)
+    store.fill(table, [("id_val", "a", "val", 3), ("ood", "b", "test", 2)], _images)
+    assert calls == [(3, 20, (0,)), (2, 20, (0,)), (3, 10, (0, 1)), (2, 10, (0, 1))]
+    assert snapshots == [0, 0, 5, 5]  # t = 20 written, over both sets, before t = 10 started
