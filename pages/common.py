@@ -6,6 +6,7 @@ import hashlib
 import os
 import runpy
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import replace
@@ -389,6 +390,7 @@ def evaluation_controls() -> None:
 
 
 WATCH_S = 2.0  # how often a page looks at its background job
+REDRAW_S = 10.0  # and redraws with what has landed, at most this often (a redraw re-summarises: CPU the job needs)
 
 
 def evaluated_tables() -> tuple[EvalConfig, EvalResult, bool]:
@@ -397,17 +399,23 @@ def evaluated_tables() -> tuple[EvalConfig, EvalResult, bool]:
     being computed."""
     evaluation_controls()
     cfg = eval_config()
-    result = in_background(cfg)
+    result, pending = progressive(cfg)
     if result is None:
         st.stop()
-    return cfg, result, table_status(cfg, checkpoint())[0] > 0
+    return cfg, result, pending
 
 
 def in_background(cfg: EvalConfig, button: str | None = None) -> EvalResult | None:
-    """cfg's result as far as it is computed. Shipped or cached: all of it. Else the default score first (computed
-    here at once where it is cheap), the rest handed to the server's background jobs (at once, or when `button`
-    is pressed) and what of it has landed returned, with a line that redraws the page as more lands; moving a
-    slider or leaving the page neither stops nor restarts it. None: nothing to draw yet."""
+    """cfg's result as far as it is computed (see `progressive`)."""
+    return progressive(cfg, button)[0]
+
+
+def progressive(cfg: EvalConfig, button: str | None = None) -> tuple[EvalResult | None, bool]:
+    """(cfg's result as far as it is computed, whether some of it is still missing). Shipped or cached: all of
+    it. Else the default score first (computed here at once where it is cheap), the rest handed to the server's
+    background jobs (at once, or when `button` is pressed) and what of it has landed returned, with a line that
+    redraws the page as more lands; moving a slider or leaving the page neither stops nor restarts it. A result
+    of None: nothing to draw yet."""
     ckpt = checkpoint()
     with cache_warnings_shown():
         try:
@@ -415,11 +423,11 @@ def in_background(cfg: EvalConfig, button: str | None = None) -> EvalResult | No
             first = table_status(cfg, ckpt, default_only=True)[0]
         except DiffoodError as e:
             st.error(without_paths(str(e)))
-            return None
+            return None, False
     if not missing:
-        return evaluation(cfg)
+        return evaluation(cfg), False
     if first and evaluation(cfg, default_only=True) is None:
-        return None  # the default score is not there yet: its button or its error is on the page
+        return None, True  # the default score is not there yet: its button or its error is on the page
     jobs, key = server_jobs(), job_key(cfg, ckpt)
     job, start = jobs.get(key), False
     if job is None or job.state == ABANDONED:
@@ -427,7 +435,7 @@ def in_background(cfg: EvalConfig, button: str | None = None) -> EvalResult | No
         if not start:
             st.info(without_paths(f"Not computed yet: {missing:,} images to run through the model. It runs in the "
                                   f"background, and what is done is drawn as it lands."))
-            return None
+            return None, True
     elif not job.active:  # it failed, was stopped, or ended before its tables changed again: the user decides
         if job.state == FAILED:
             st.error(without_paths(f"The background computation failed: {job.error}"))
@@ -443,12 +451,12 @@ def in_background(cfg: EvalConfig, button: str | None = None) -> EvalResult | No
         job.touch()
         watch(key, as_json(cfg), version)
     if part is None:
-        return None
+        return None, True
     done, default_only = part
     result = _read_evaluation(as_json(done), ckpt.key, table_status(done, ckpt, default_only)[1], default_only)
     for note in result.notes:
         st.info(note, icon=":material/info:")
-    return result
+    return result, True
 
 
 def job_key(cfg: EvalConfig, ckpt: Checkpoint) -> str:
@@ -458,13 +466,16 @@ def job_key(cfg: EvalConfig, ckpt: Checkpoint) -> str:
 
 
 def watch(key: str, config_json: str, version: str) -> None:
-    """The background job's progress, looked at every WATCH_S seconds; the page is redrawn when a piece lands
-    (its tables change) or the job ends."""
+    """The background job's progress, looked at every WATCH_S seconds; the page is redrawn when the job ends, or
+    when a piece has landed (its tables changed) and REDRAW_S have passed since the page was drawn."""
+    drawn = time.monotonic()
 
     @st.fragment(run_every=WATCH_S)
     def progress():
         job = server_jobs().get(key)
-        if job is None or not job.active or table_status(from_json(config_json), checkpoint())[1] != version:
+        if job is None or not job.active:
+            st.rerun()
+        if time.monotonic() - drawn > REDRAW_S and table_status(from_json(config_json), checkpoint())[1] != version:
             st.rerun()
         job.touch()
         queue = server_jobs().listing()

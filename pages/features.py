@@ -202,7 +202,7 @@ table = pd.DataFrame({"set": [names[i] for i in picked], "label": [labels[i] for
                       "verdict": np.where(~np.isfinite(scores[picked]), "",
                                           np.where(scores[picked] > reference.threshold, "likely OOD", "in-distribution"))})
 st.download_button(f"Download the {len(picked)} images and their scores (.zip)",
-                   lambda seed=int(s["seed"]): selection_archive(table, images_of(picked, seed)), file_name="diffood_selection.zip",
-                   mime="application/zip", key="map_export",
+                   lambda seed=int(s["seed"]): selection_archive(table, images_of(picked, seed)),
+                   file_name="diffood_selection.zip", mime="application/zip", key="map_export",
                    help="PNG images and selection.csv (set, index, score, verdict): a folder to use as an OOD set, or "
                         "a list of images to clean")
