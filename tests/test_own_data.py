@@ -8,6 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from diffood.cli import main
+from diffood.jobs import server_jobs
 from diffood.model import load_checkpoint
 from tests.conftest import ROOT
 from tests.test_datasets import write_shapes, write_stripes
@@ -102,6 +103,7 @@ def test_every_page_opens_with_the_rgb_model(own, monkeypatch):
         assert not at.exception, (page, [e.value for e in at.exception])
         text = " ".join(str(getattr(e, "value", "")) for e in [*at.markdown, *at.caption, *at.title, *at.subheader])
         assert "FashionMNIST" not in text and "MNIST" not in text, page
+    assert server_jobs().wait_all(600)  # the background work ends inside this test's settings
     at.radio(key="upload_source").set_value("Example: shapes image").run()
     buttons = [b for b in at.button if b.label == "Compute now"]  # the ID reference at the default image count
     if buttons:
