@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from diffood.images import MAX_UPLOAD_BYTES
 from diffood.model import DEFAULT_CHECKPOINT, SHIPPED_LABELS
@@ -149,10 +150,26 @@ def _zip_bytes():
     return buf.getvalue()
 
 
-def _choose_ood(page, name):
-    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(has_text="OOD set").click()
-    page.get_by_role("option", name=re.compile(f"^{re.escape(name)}:")).click()
+def _choose(page, box: str, option):
+    """Pick `option` (a name or pattern) in the sidebar's selectbox labelled `box`. A rerun that lands between
+    opening the list and clicking closes the list again, so open it again until the option is there."""
+    select = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(has_text=box)
+    choice = page.get_by_role("option", name=option, exact=isinstance(option, str))
+    for _ in range(5):
+        select.click()
+        try:
+            choice.click(timeout=15_000)
+            break
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+            _settled(page)
+    else:
+        raise AssertionError(f"{box}: no option {option} after five tries")
     _settled(page)
+
+
+def _choose_ood(page, name):
+    _choose(page, "OOD set", re.compile(f"^{re.escape(name)}:"))
 
 
 def test_every_page_slider_and_uploads_in_a_real_browser(server, browser, shots):
@@ -253,9 +270,7 @@ PAGE_MARKERS = {"Reconstruct": "mean MSE", "Score histograms": "ID accepted (TPR
 def test_every_page_opens_with_each_shipped_model(server, browser, shots, model):
     page = _page(browser, server)
     _settled(page)
-    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(has_text="Model").click()
-    page.get_by_role("option", name=f"{model} (shipped)", exact=True).click()
-    _settled(page)
+    _choose(page, "Model", f"{model} (shipped)")
     page.get_by_text(f"learns one distribution: here {model} (").wait_for()  # texts from the checkpoint's record
     page.screenshot(path=str(shots / f"home-{model.lower()}.png"), full_page=True)
     for link, marker in PAGE_MARKERS.items():
