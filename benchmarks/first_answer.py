@@ -1,12 +1,12 @@
 """The first answer on something new: a real server and headless Chromium upload a .zip of N images as an OOD set
 on the shipped FashionMNIST model, then time (a) until Score histograms draws the default score's histogram and
-(b) with --full, until the ROC page is complete (its per-t charts, cards and table, computed in the server's
-background), beside (c) the same evaluation by `diffood evaluate` in a process of its own, with nothing drawn:
-(b) / (c) is what drawing partial results costs. The upload and its decoding count. Where a page offers a
-button instead, it is clicked, as a visitor would. --repo runs another checkout's app (an older commit, for a
-before-and-after on one machine).
+(b) with --full, until the ROC page is complete (its per-t charts, cards and table), beside (c) the same
+evaluation by `diffood evaluate` in a process of its own, with nothing drawn. The upload and its decoding count.
+Where a page offers a button instead, it is clicked, as a visitor would. --repo serves several checkouts (this
+one and an older commit, say) in turn, --rounds times over, so that before and after share the machine's state;
+the table gives each stage's median per checkout.
 
-    python benchmarks/first_answer.py [--n 1000] [--full] [--repo PATH]
+    python benchmarks/first_answer.py [--n 1000] [--full] [--repo PATH ...] [--rounds R]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import io
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run"]
 TIMEOUT_MS = 1_800_000
+FIRST, COMPLETE = "(a) first histogram of the default score", "(b) the ROC page complete"
+CLI = "(c) the same evaluation by diffood evaluate, nothing drawn"
 
 
 def archive(n: int, data_dir: str | None) -> bytes:
@@ -78,18 +81,11 @@ def click_compute(page) -> None:
         button.first.click()
 
 
-def main() -> None:
-    from playwright.sync_api import sync_playwright
-
-    p = parser(__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=1000, help="images in the uploaded .zip")
-    p.add_argument("--full", action="store_true", help="also time the ROC page until it is complete")
-    p.add_argument("--repo", default=str(ROOT), help="the checkout whose app is served")
-    a = p.parse_args()
-    data = archive(a.n, a.data_dir)
-    rows = []
-    with tempfile.TemporaryDirectory() as cache, sync_playwright() as pw:
-        proc, url = serve(Path(a.repo), a.data_dir, cache)
+def browser_times(pw, repo: Path, data: bytes, n: int, full: bool, data_dir: str | None) -> dict[str, float]:
+    """(a) and, with `full`, (b) for one checkout, on a fresh server with an empty cache."""
+    times = {}
+    with tempfile.TemporaryDirectory() as cache:
+        proc, url = serve(repo, data_dir, cache)
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -101,38 +97,68 @@ def main() -> None:
             start = time.perf_counter()
             uploader.locator('input[type="file"]').set_input_files(
                 files=[{"name": "digits.zip", "mimeType": "application/zip", "buffer": data}])
-            page.get_by_text(f"uploaded digits.zip ({a.n} images)").first.wait_for()
+            page.get_by_text(f"uploaded digits.zip ({n} images)").first.wait_for()
             settled(page)
             click_compute(page)
             page.locator(".gtitle", has_text="default score").first.wait_for()
             page.get_by_text("ID accepted (TPR)").wait_for()
-            first = time.perf_counter() - start
-            rows.append({"stage": "(a) first histogram of the default score", "images": a.n, "seconds": round(first, 1)})
-            if a.full:
+            times[FIRST] = time.perf_counter() - start
+            if full:
                 page.get_by_role("link", name="ROC / AUROC vs t").click()
                 page.get_by_text("Download CSV").or_(page.get_by_role("button", name="Compute now")).first.wait_for()
                 click_compute(page)
                 page.get_by_text("Download CSV").first.wait_for()
                 page.wait_for_function("!document.body.innerText.includes('Computing the rest in the background')",
                                        timeout=TIMEOUT_MS, polling=500)
-                rows.append({"stage": "(b) the ROC page complete", "images": a.n,
-                             "seconds": round(time.perf_counter() - start, 1)})
+                times[COMPLETE] = time.perf_counter() - start
         finally:
             browser.close()
             proc.terminate()
             proc.wait(timeout=30)
-    if a.full:
-        with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as folder:
-            (Path(folder) / "digits.zip").write_bytes(data)
-            env = {**os.environ, "DIFFOOD_CACHE_DIR": cache, "PYTHONPATH": a.repo,
-                   **({"DIFFOOD_DATA_DIR": a.data_dir} if a.data_dir else {})}
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "diffood", "evaluate", "--ood", str(Path(folder) / "digits.zip"),
-                            "--out", str(Path(folder) / "cli")], cwd=a.repo, env=env, check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            rows.append({"stage": "(c) the same evaluation by diffood evaluate, nothing drawn", "images": a.n,
-                         "seconds": round(time.perf_counter() - start, 1)})
-    report(rows, "first_answer", "cpu", a.out)
+    return times
+
+
+def cli_time(repo: Path, data: bytes, data_dir: str | None) -> float:
+    """(c): `diffood evaluate` on the same .zip, in a process of its own, with an empty cache."""
+    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "digits.zip").write_bytes(data)
+        env = {**os.environ, "DIFFOOD_CACHE_DIR": cache, "PYTHONPATH": str(repo),
+               **({"DIFFOOD_DATA_DIR": data_dir} if data_dir else {})}
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "diffood", "evaluate", "--ood", str(Path(folder) / "digits.zip"),
+                        "--out", str(Path(folder) / "cli")], cwd=repo, env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+
+def revision(repo: Path) -> str:
+    done = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or repo.name
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    p = parser(__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=1000, help="images in the uploaded .zip")
+    p.add_argument("--full", action="store_true", help="also time the ROC page until it is complete, and (c)")
+    p.add_argument("--repo", nargs="+", default=[str(ROOT)], help="the checkouts whose app is served, in turn")
+    p.add_argument("--rounds", type=int, default=1, help="times each checkout is measured (medians reported)")
+    a = p.parse_args()
+    data = archive(a.n, a.data_dir)
+    repos = [Path(r).resolve() for r in a.repo]
+    seen: dict[tuple[str, Path], list[float]] = {}
+    with sync_playwright() as pw:
+        for _ in range(a.rounds):
+            for repo in repos:  # before and after alternate: a machine that slows down slows both
+                for stage, seconds in browser_times(pw, repo, data, a.n, a.full, a.data_dir).items():
+                    seen.setdefault((stage, repo), []).append(seconds)
+                if a.full:
+                    seen.setdefault((CLI, repo), []).append(cli_time(repo, data, a.data_dir))
+    rows = [{"stage": stage, "checkout": revision(repo), "images": a.n, "rounds": len(times),
+             "seconds": round(statistics.median(times), 1), "min": round(min(times), 1), "max": round(max(times), 1)}
+            for (stage, repo), times in seen.items()]
+    report(sorted(rows, key=lambda r: r["stage"]), "first_answer", "cpu", a.out)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ The positive class, as OpenOOD and pytorch-ood report them: OOD for AUROC and AU
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.metrics import roc_curve as _sk_roc_curve
@@ -152,7 +154,15 @@ def _rates_from_counts(neg: np.ndarray, pos: np.ndarray) -> dict[str, np.ndarray
 
 
 def intervals(id_scores, ood_scores, resamples: int = RESAMPLES, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """The 95 % interval of each summary rate: DeLong's for AUROC, the bootstrap's for the others."""
+    """The 95 % interval of each summary rate: DeLong's for AUROC, the bootstrap's for the others. Remembered for
+    the same scores: a page redrawn as other t land summarises the unchanged ones again."""
+    a, b = (np.ascontiguousarray(s, dtype=float) for s in (id_scores, ood_scores))
+    return dict(_intervals(a.tobytes(), b.tobytes(), resamples, seed))
+
+
+@lru_cache(maxsize=64)
+def _intervals(a: bytes, b: bytes, resamples: int, seed: int) -> dict[str, tuple[float, float]]:
+    id_scores, ood_scores = np.frombuffer(a), np.frombuffer(b)
     out = bootstrap_rates(id_scores, ood_scores, resamples, seed)
     out["auroc"] = auroc_interval(id_scores, ood_scores)
     return out

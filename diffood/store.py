@@ -4,9 +4,8 @@ A table is one gzip CSV named by the settings that change its values (Table.key)
 computed so far: asking for another t, draw or set computes only what is missing. One process fills a table
 while the others wait for it (a file lock per table); under torchrun rank 0 decides what is missing and
 writes, every rank computes its share. A table fills one t at a time over every set, and what is done is
-written at the end of each t (and every `flush_s` seconds), so a reader (another page, another process) sees
-partial results. A checkpoint ships its tables in
-`<checkpoint>/evals/`, read when the cache has none.
+written every `flush_s` seconds, so a reader (another page, another process) sees each t soon after it is done.
+A checkpoint ships its tables in `<checkpoint>/evals/`, read when the cache has none.
 """
 
 from __future__ import annotations
@@ -94,7 +93,8 @@ class ScoreStore:
     def missing(self, table: Table, sets: list[tuple[str, str, str, int]], rows: pd.DataFrame | None = None) -> list[Part]:
         """The parts of `sets` ((role, dataset, split, n) each) at every t and draw the table needs that it lacks."""
         rows = self.read(table)[0] if rows is None else rows
-        have = set(zip(rows["role"], rows["dataset"], rows["t"], rows["draw"]))
+        keys = rows[["role", "dataset", "t", "draw"]].drop_duplicates()  # few distinct keys: the pages ask often
+        have = set(keys.itertuples(index=False, name=None))
         todo = []
         for role, name, split, n in sets:
             for t, k in table.need.items():
@@ -149,8 +149,7 @@ class ScoreStore:
 
                 part = table.compute(loaded[p.dataset, p.split, p.n], p.t, list(p.draws), step)
                 frames.append(part.assign(dataset=p.dataset, split=p.split, role=p.role))
-                finished_t = i < len(todo) - 1 and todo[i + 1].t != p.t
-                if main and i < len(todo) - 1 and (finished_t or time.monotonic() - last > self.flush_s):
+                if main and i < len(todo) - 1 and time.monotonic() - last > self.flush_s:
                     self._write(table, frames)  # partial results, readable while the rest is computed
                     last = time.monotonic()
             if main:
@@ -169,7 +168,8 @@ class ScoreStore:
     def _write(self, table: Table, frames: list[pd.DataFrame]) -> None:
         path = self.path(table)
         with atomic_path(path) as tmp:
-            self._concat(table, frames).to_csv(tmp, index=False, float_format="%.6g", compression="gzip")
+            self._concat(table, frames).to_csv(tmp, index=False, float_format="%.6g",  # level 6: 2 % larger than 9, half the time
+                                               compression={"method": "gzip", "compresslevel": 6})
         atomic_write_text(path.with_suffix("").with_suffix(".json"), json.dumps(table.sidecar, indent=2, default=str))
 
 

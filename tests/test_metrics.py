@@ -150,3 +150,18 @@ def test_the_paired_mean_difference_over_sets_sharing_their_id_images_covers_the
         covered += lo <= truth <= hi
         assert lo <= diff <= hi
     assert covered / 200 >= 0.90
+
+
+def test_intervals_are_remembered_for_the_same_scores_and_only_for_them():
+    """A page redrawn while other t land asks for the same scores' intervals again: the bootstrap is not rerun;
+    other scores (or another seed) are not answered from memory."""
+    from diffood.metrics import _intervals, intervals
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=300), rng.normal(1.0, size=300)
+    first = intervals(a, b)
+    hits = _intervals.cache_info().hits
+    assert intervals(a.copy(), b.copy()) == first and _intervals.cache_info().hits > hits
+    shifted = intervals(a, b + 1.0)
+    assert shifted["auroc"][0] > first["auroc"][1] and shifted != first
+    assert intervals(a, b, seed=1)["fpr95"] != first["fpr95"]

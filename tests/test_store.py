@@ -75,12 +75,15 @@ def test_two_sessions_asking_for_the_same_new_table_compute_it_once(tmp_path):
     assert len(got["first"]) == len(got["second"]) == 15
 
 
-def test_a_table_fills_one_t_at_a_time_its_scores_own_t_first_and_writes_each_finished_t(tmp_path):
-    """Parts come t by t over every set (the table's `first` t before the rest), and each finished t is written
-    at once, whatever `flush_s` says: a reader draws complete pieces while the rest is computed."""
-    store, reader, calls, snapshots = ScoreStore(tmp_path, flush_s=1e9), ScoreStore(tmp_path), [], []
-    table = _table(calls, lambda: snapshots.append(len(reader.read(table)[0])))
-    table.first = (20,)
-    store.fill(table, [("id_val", "a", "val", 3), ("ood", "b", "test", 2)], _images)
-    assert calls == [(3, 20, (0,)), (2, 20, (0,)), (3, 10, (0, 1)), (2, 10, (0, 1))]
-    assert snapshots == [0, 0, 5, 5]  # t = 20 written, over both sets, before t = 10 started
+def test_a_table_fills_one_t_at_a_time_its_scores_own_t_first_and_writes_on_its_clock(tmp_path):
+    """Parts come t by t over every set (the table's `first` t before the rest), so that what is written holds
+    whole t; writes follow `flush_s` (one per part at 0, none before the end at 1e9): a page polling the table
+    does not cost the computation a rewrite of the whole file per t."""
+    for flush_s, written in ((0.0, [0, 3, 5, 11]), (1e9, [0, 0, 0, 0])):
+        store, reader = ScoreStore(tmp_path / str(flush_s), flush_s=flush_s), ScoreStore(tmp_path / str(flush_s))
+        calls, snapshots = [], []
+        table = _table(calls, lambda: snapshots.append(len(reader.read(table)[0])))
+        table.first = (20,)
+        store.fill(table, [("id_val", "a", "val", 3), ("ood", "b", "test", 2)], _images)
+        assert calls == [(3, 20, (0,)), (2, 20, (0,)), (3, 10, (0, 1)), (2, 10, (0, 1))]
+        assert snapshots == written and len(reader.read(table)[0]) == 15
