@@ -390,7 +390,8 @@ def evaluation_controls() -> None:
 
 
 WATCH_S = 2.0  # how often a page looks at its background job
-REDRAW_S = 10.0  # and redraws with what has landed, at most this often (a redraw re-summarises: CPU the job needs)
+REDRAW_S = 20.0  # and redraws with what has landed, at most this often (a redraw re-summarises and re-renders
+# every chart: CPU the job needs)
 
 
 def evaluated_tables() -> tuple[EvalConfig, EvalResult, bool]:
@@ -449,7 +450,7 @@ def progressive(cfg: EvalConfig, button: str | None = None) -> tuple[EvalResult 
     part = ready(cfg, ckpt)
     if job is not None and job.active:
         job.touch()
-        watch(key, as_json(cfg), version)
+        watch(key, as_json(cfg), version, part)
     if part is None:
         return None, True
     done, default_only = part
@@ -465,18 +466,23 @@ def job_key(cfg: EvalConfig, ckpt: Checkpoint) -> str:
     return hashlib.sha256(f"{ckpt.key}:{where}:{as_json(cfg)}".encode()).hexdigest()[:20]
 
 
-def watch(key: str, config_json: str, version: str) -> None:
+def watch(key: str, config_json: str, version: str, drawn: tuple[EvalConfig, bool] | None) -> None:
     """The background job's progress, looked at every WATCH_S seconds; the page is redrawn when the job ends, or
-    when a piece has landed (its tables changed) and REDRAW_S have passed since the page was drawn."""
-    drawn = time.monotonic()
+    when REDRAW_S have passed since it was drawn and its tables hold more than `drawn` (the part of the config
+    `ready` gave it): a write in the middle of a t redraws nothing."""
+    seen = {"version": version, "at": time.monotonic()}
 
     @st.fragment(run_every=WATCH_S)
     def progress():
         job = server_jobs().get(key)
         if job is None or not job.active:
             st.rerun()
-        if time.monotonic() - drawn > REDRAW_S and table_status(from_json(config_json), checkpoint())[1] != version:
-            st.rerun()
+        if time.monotonic() - seen["at"] > REDRAW_S:
+            cfg, ckpt = from_json(config_json), checkpoint()
+            if (written := table_status(cfg, ckpt)[1]) != seen["version"]:
+                if ready(cfg, ckpt) != drawn:
+                    st.rerun()
+                seen["version"] = written
         job.touch()
         queue = server_jobs().listing()
         if job.state == WAITING:
