@@ -168,7 +168,8 @@ class ScoreStore:
     def _write(self, table: Table, frames: list[pd.DataFrame]) -> None:
         path = self.path(table)
         with atomic_path(path) as tmp:
-            self._concat(table, frames).to_csv(tmp, index=False, float_format="%.6g",  # level 6: 2 % larger than 9, half the time
+            # gzip level 6: 2 % larger than the default 9, in half the time (a table is rewritten as it fills)
+            self._concat(table, frames).to_csv(tmp, index=False, float_format="%.6g",
                                                compression={"method": "gzip", "compresslevel": 6})
         atomic_write_text(path.with_suffix("").with_suffix(".json"), json.dumps(table.sidecar, indent=2, default=str))
 

@@ -76,9 +76,9 @@ def test_two_sessions_asking_for_the_same_new_table_compute_it_once(tmp_path):
 
 
 def test_a_table_fills_one_t_at_a_time_its_scores_own_t_first_and_writes_on_its_clock(tmp_path):
-    """Parts come t by t over every set (the table's `first` t before the rest), so that what is written holds
-    whole t; writes follow `flush_s` (one per part at 0, none before the end at 1e9): a page polling the table
-    does not cost the computation a rewrite of the whole file per t."""
+    """Parts come t by t over every set (the table's `first` t before the rest), so that each t is complete as
+    early as it can be; writes follow `flush_s` (one per part at 0, none before the end at 1e9), not each t's
+    end: a rewrite of the whole file per t cost the computation more than the pages gained."""
     for flush_s, written in ((0.0, [0, 3, 5, 11]), (1e9, [0, 0, 0, 0])):
         store, reader = ScoreStore(tmp_path / str(flush_s), flush_s=flush_s), ScoreStore(tmp_path / str(flush_s))
         calls, snapshots = [], []
