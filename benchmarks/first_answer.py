@@ -132,7 +132,8 @@ def cli_time(repo: Path, data: bytes, data_dir: str | None) -> float:
 
 
 def revision(repo: Path) -> str:
-    done = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    """The checkout's commit, marked -dirty where it has uncommitted changes (then the commit is not what ran)."""
+    done = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty"], capture_output=True, text=True)
     return done.stdout.strip() or repo.name
 
 

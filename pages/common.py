@@ -470,19 +470,20 @@ def watch(key: str, config_json: str, version: str, drawn: tuple[EvalConfig, boo
     """The background job's progress, looked at every WATCH_S seconds; the page is redrawn when the job ends, or
     when REDRAW_S have passed since it was drawn and its tables hold more than `drawn` (the part of the config
     `ready` gave it): a write in the middle of a t redraws nothing."""
-    seen = {"version": version, "at": time.monotonic()}
+    drawn_at = time.monotonic()
 
     @st.fragment(run_every=WATCH_S)
     def progress():
+        nonlocal version
         job = server_jobs().get(key)
         if job is None or not job.active:
             st.rerun()
-        if time.monotonic() - seen["at"] > REDRAW_S:
+        if time.monotonic() - drawn_at > REDRAW_S:
             cfg, ckpt = from_json(config_json), checkpoint()
-            if (written := table_status(cfg, ckpt)[1]) != seen["version"]:
+            if (written := table_status(cfg, ckpt)[1]) != version:  # one status, cheaper than `ready`
                 if ready(cfg, ckpt) != drawn:
                     st.rerun()
-                seen["version"] = written
+                version = written
         job.touch()
         queue = server_jobs().listing()
         if job.state == WAITING:
