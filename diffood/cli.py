@@ -338,7 +338,7 @@ def _cmd_select(a) -> int:
         path = record_score(ckpt.path, record)
         for fitted in fit_pick(ckpt, record, cfg):
             print(f"fitted what the pick needs: {fitted}")
-        needs = Pick.from_record(record).features
+        needs = Pick.from_record(record).embedding_term
         print(f"recorded the pick in {path}" + (f"; build the bank it needs with `diffood bank --checkpoint {ckpt.path}`"
                                                  if needs else ""))
     return 0

@@ -20,14 +20,14 @@ import torch
 
 from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, PRECISIONS, SAMPLERS, STEPPED, default_device, network_calls
 from .errors import DiffoodError
-from .features import KNN_METRICS, FeatureBank, bank_at, checkpoint_bank
+from .features import KNN_METRICS, BankError, FeatureBank, bank_at, checkpoint_bank
 from .fitted import load_fit
 from .images import to_model_input
 from .model import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 from .options import doc
 from .paths import from_env
 from .perceptual import get_lpips, lpips_status
-from .scores import DEFAULT, RECONSTRUCTION, Context, Features, Pick, ScoreSpec, ZMean, named_scores, parse, table_name
+from .scores import DEFAULT, RECONSTRUCTION, Context, Features, GaussianHead, Pick, ScoreSpec, ZMean, named_scores, parse, table_name
 from .scores.base import TABLE_KEYS, Fitted, zmean_frame
 from .scoring import METRICS, distance_frame, embed_draws, score_images
 from .sets import PROXY_SPLITS, load_images
@@ -203,15 +203,21 @@ def plan(cfg: EvalConfig, checkpoint: Checkpoint, default_only: bool = False) ->
         cfg = replace(cfg, ts=(), feature_ts=())
     cfg = resolve(cfg, checkpoint)
     pick = Pick.of(checkpoint)
-    wants_features = any(isinstance(t, Features) for s in (cfg.score, *cfg.methods) if s for t in s.terms())
+    given = [t for s in (cfg.score, *cfg.methods) if s for t in s.terms()]
+    wants_features = any(isinstance(t, Features) for t in given)
     # the pick's score and its feature terms read the bank; a score given without one leaves it out
     bank = checkpoint_bank(checkpoint) if cfg.score is None or wants_features else None
+    if bank is None and any(isinstance(t, GaussianHead) for t in given):
+        try:  # the training images in a Gaussian head's embeddings, shown beside its verdicts; it scores without
+            bank = checkpoint_bank(checkpoint)
+        except BankError:
+            bank = None
     notes = []
     term = None
-    if bank is not None:
+    if bank is not None and (cfg.score is None or wants_features):
         want = pick.bank_term
         term = Features(bank.spec.layer, bank.spec.t, bank.spec.pooling, want.k, want.draws, bank.n)
-        if pick.own and pick.features and (want.layer, want.t, want.pooling, want.bank) != (
+        if pick.own and pick.embedding_term and (want.layer, want.t, want.pooling, want.bank) != (
                 term.layer, term.t, term.pooling, term.bank):
             notes.append(f"the checkpoint's pick asks for a bank of {want.bank:,} images at {want.layer}, t = "
                          f"{want.t}, {want.pooling} pooling; its bank holds {bank.describe()}: rebuild it with "

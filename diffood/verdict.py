@@ -41,7 +41,7 @@ class Reference:
     val_scores: np.ndarray  # the score of every ID validation image
     threshold: float
     val: pd.DataFrame  # the ID validation rows of the shared tables (per-t evidence, nearest distances)
-    bank: FeatureBank | None = None  # the feature term's bank, when the score has one
+    bank: FeatureBank | None = None  # ID training images in the embeddings a term of the score reads, if any
     sampler: str = DEFAULT_SAMPLER
     steps: int = DEFAULT_STEPS
     seed: int = 0
@@ -60,8 +60,10 @@ class Reference:
         cfg = result.config
         feats = next((t for t in spec.terms() if isinstance(t, Features)), None)
         label = name if isinstance(name, str) else spec.name
+        bank = result.bank if result.bank is not None and any(
+            getattr(t, "spec", None) == result.bank.spec for t in spec.terms()) else None  # the embeddings it reads
         ref = cls(label, spec, stats, scores, threshold_at_tpr(scores, tpr), result.reference,
-                  result.bank if feats else None, cfg.sampler, cfg.steps, cfg.seed, tpr)
+                  bank, cfg.sampler, cfg.steps, cfg.seed, tpr)
         if feats:
             ref.states[feats] = result.bank
         return ref
@@ -163,7 +165,8 @@ def score_tensor(x: torch.Tensor, checkpoint: Checkpoint, reference: Reference, 
 def judge(x: torch.Tensor, checkpoint: Checkpoint, reference: Reference, lpips=None, batch_size: int = 256,
           progress: Callable[[int], None] | None = None, neighbours: int = 0) -> list[Verdict]:
     """Score images x (N, C, S, S) in [-1, 1] with the reference's sampler, steps and seed, and judge each one.
-    With a feature term, each verdict also names its `neighbours` nearest ID training images."""
+    With a term that reads the bank's embeddings, each verdict also names its `neighbours` nearest ID training
+    images."""
     values, frames = score_tensor(x, checkpoint, reference, lpips, batch_size, progress)
     terms = reference.spec.terms()
     recon = next((f for t, f in zip(terms, frames) if isinstance(t, Reconstruction)), pd.DataFrame())
@@ -176,11 +179,11 @@ def judge(x: torch.Tensor, checkpoint: Checkpoint, reference: Reference, lpips=N
         if feats:
             verdict.nearest_distance = float(feats[1]["nearest"].iloc[i])
         out.append(verdict)
-    if feats and neighbours:
-        term = feats[0]
+    bank = reference.bank
+    if bank is not None and neighbours:
         ctx = context(checkpoint, reference, lpips, batch_size)
-        bank = reference.state(term, ctx)
-        first = term.embeddings(ctx, x.to(ctx.device))[:len(x)]  # draw 0
+        spec = bank.spec
+        first = Features(spec.layer, spec.t, spec.pooling, bank=bank.n).embeddings(ctx, x.to(ctx.device))  # draw 0
         for verdict, e in zip(out, first):
             index, distance = bank.nearest(e, neighbours)
             verdict.neighbours = pd.DataFrame({"bank_index": index.numpy(), "distance": distance.numpy()})

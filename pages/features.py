@@ -30,13 +30,13 @@ if result is None:
 reference = Reference.from_result(result, DEFAULT, tpr())
 bank = reference.bank
 if bank is None:
-    st.info("The default score of this checkpoint has no feature term, so there is no feature space to show: build a "
-            f"bank with `diffood bank --checkpoint {ckpt.path}`.")
+    st.info("The default score of this checkpoint reads no UNet features, or its checkpoint has no bank of them, so "
+            f"there is no feature space to show: build a bank with `diffood bank --checkpoint {ckpt.path}`.")
     st.stop()
 st.caption(f"Each point is an image where the default score sees it: {bank.spec.describe()}, one network call "
-           f"(the first noise draw). Its score is the z-scored distance to the nearest of {bank.n:,} training images; "
-           f"✕ marks the images the verdict calls OOD at the threshold that accepts {reference.tpr:.1%} of ID "
-           f"validation images (the sidebar's TPR).")
+           f"(the first noise draw), beside {bank.n:,} training images in the bank. Its score is the default "
+           f"({reference.spec.describe()}); ✕ marks the images the verdict calls OOD at the threshold that accepts "
+           f"{reference.tpr:.1%} of ID validation images (the sidebar's TPR).")
 
 
 @st.cache_data(show_spinner="Embedding images…", max_entries=32)

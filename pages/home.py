@@ -5,6 +5,7 @@ import json
 import streamlit as st
 
 from diffood.model import count_parameters
+from diffood.scores import Pick
 from pages.common import checkpoint, page, through_app
 
 through_app()
@@ -13,6 +14,7 @@ st.title("diffood: out-of-distribution detection by diffusion reconstruction")
 
 ckpt = checkpoint()
 data = ckpt.data
+pick = Pick.of(ckpt)
 left, right = st.columns([3, 2])
 with left:
     st.markdown(
@@ -29,12 +31,13 @@ AlexNet features.
 * Too small a *t* and everything reconstructs perfectly; too large and nothing of the input is left.
   Averaging the z-scored errors over several *t* (Graham et al., CVPR-W 2023) avoids picking one.
 * The same model also judges an image by its **own features**: noised lightly, run through the UNet
-  once, an image lands near the training images it resembles. The **default score** is the distance to
-  the nearest training image in that space (one network call), chosen over reconstruction errors and
-  their combinations on proxy OOD sets made from the ID data alone (flipped, inverted, patch-shuffled,
-  noise), never on the OOD set it is reported on: `diffood select`, which records its pick in the
-  checkpoint (a model without one uses the FashionMNIST model's, and the pages say so). The reconstruction score stays
-  beside it. Pick another model, or add your own checkpoint, in the sidebar.
+  once, an image lands near the training images it resembles.
+* The **default score** is chosen among these, reconstruction errors, the field's methods and their
+  combinations on proxy OOD sets made from the ID data alone (flipped, inverted, patch-shuffled, noise),
+  never on the OOD set it is reported on: `diffood select`, which records its pick in the checkpoint (a
+  model without one uses the FashionMNIST model's, and the pages say so). This model's: {pick.default.describe()};
+  {pick.calls} network call{'s' * (pick.calls > 1)} per image. The reconstruction score stays beside it. Pick
+  another model, or add your own checkpoint, in the sidebar.
 """
     )
     st.page_link(page("reconstruct"), label="Reconstruct: drag *t*, see what the model makes of each image", icon=":material/autorenew:")

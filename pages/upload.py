@@ -101,7 +101,7 @@ def neighbour_images(fingerprint: str, indices: tuple[int, ...], _bank: FeatureB
 
 
 def nearest_images(verdict, reference: Reference) -> None:
-    """The feature term's evidence: the nearest ID training images and their distances."""
+    """The evidence in the score's features: the nearest ID training images and their distances."""
     bank, knn = reference.bank, reference.features
     st.markdown("**Its nearest ID training images in the model's own feature space**")
     near = verdict.neighbours
@@ -125,11 +125,13 @@ def nearest_images(verdict, reference: Reference) -> None:
                     return
             neighbour_images.clear()
             st.rerun()
-    val = reference.val[reference.val["t"] == knn.t].groupby("index")["knn1"].mean()
-    st.caption(f"Cosine distance between {bank.spec.describe()} (first noise draw); the bank holds {bank.describe()}. "
-               f"This image's nearest distance, averaged over {knn.draws} draw{'s' * (knn.draws > 1)}: "
-               f"{verdict.nearest_distance:.4f}; ID validation images: median {val.median():.4f}, 95th percentile "
-               f"{val.quantile(0.95):.4f}.")
+    caption = f"Cosine distance between {bank.spec.describe()} (first noise draw); the bank holds {bank.describe()}."
+    if knn is not None:  # a nearest-neighbour term: its distance against the ID validation images'
+        val = reference.val[reference.val["t"] == knn.t].groupby("index")["knn1"].mean()
+        caption += (f" This image's nearest distance, averaged over {knn.draws} draw{'s' * (knn.draws > 1)}: "
+                    f"{verdict.nearest_distance:.4f}; ID validation images: median {val.median():.4f}, 95th "
+                    f"percentile {val.quantile(0.95):.4f}.")
+    st.caption(caption)
 
 
 def reconstruction_evidence(evidence, reference: Reference, shown, recons, separate: bool) -> None:

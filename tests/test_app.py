@@ -212,6 +212,20 @@ def banked_checkpoint(tiny_checkpoint, tmp_path):
     return folder
 
 
+@pytest.mark.parametrize("model", ["fashionmnist", "mnist"])
+def test_home_names_each_shipped_models_own_default_score(model):
+    from diffood.model import SHIPPED_MODELS, load_checkpoint
+    from diffood.scores import Pick
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["checkpoint"] = str(SHIPPED_MODELS[model])
+    at.run()
+    _ok(at)
+    pick = Pick.of(load_checkpoint(model))
+    text = " ".join(m.value for m in at.markdown)
+    assert f"This model's: {pick.default.describe()};" in text and f"{pick.calls} network call" in text
+
+
 def test_without_a_bank_the_pages_say_the_default_is_reconstruction_only(app):
     goto(app, "pages/roc.py")
     _computed(app)
@@ -379,7 +393,8 @@ def shipped_roc_page(name, tmp_path, monkeypatch):
 
 
 def test_the_roc_page_shows_the_mnist_models_own_pick_offline(tmp_path, monkeypatch):
-    """The MNIST model scores with the pick its own proxies chose (4 draws at t_f = 300), from shipped tables."""
+    """The MNIST model scores with the pick its own proxies chose (reconstruction and a Gaussian head on its
+    features at t_f = 300), from shipped tables; the feature curve marks the t_f its bank holds."""
     import json
 
     import pandas as pd
@@ -391,11 +406,10 @@ def test_the_roc_page_shows_the_mnist_models_own_pick_offline(tmp_path, monkeypa
     summary = pd.read_csv(SHIPPED_MODELS["mnist"] / "evals" / "summary.csv")
     default = summary[(summary["metric"] == "default") & (summary["ood"] == "fashionmnist")].iloc[0]
     assert at.metric[0].label == "default · AUROC" and at.metric[0].value == f"{default['auroc']:.3f}"
-    assert "mean-pooled up_blocks.0" in at.metric[0].help and "4 noise draws" in at.metric[0].help
+    assert "Mahalanobis distance in mean-pooled up_blocks.0" in at.metric[0].help and "t = 600, 700, 800" in at.metric[0].help
     curve = json.loads(at.get("plotly_chart")[2].proto.spec)
-    [diamond] = [t for t in curve["data"] if t.get("name") == "4 draws: AUROC"]
-    assert list(_plotly_array(diamond["y"])) == [pytest.approx(default["auroc"])]
-    assert any(f"averages 4 draws (4 calls per image): AUROC {default['auroc']:.3f}" in c.value for c in at.caption)
+    assert any(a.get("text") == "chosen t_f = 300" for a in curve["layout"].get("annotations", []))
+    assert any("where the AUROC is the feature term's" in c.value for c in at.caption)
 
 
 def test_without_the_training_images_the_why_view_lists_distances_and_fetches_them_on_a_click(

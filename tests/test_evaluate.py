@@ -273,7 +273,7 @@ def test_the_shipped_default_figure_comes_back_from_nothing(tmp_path, name, ood)
     shipped = pd.read_csv(SHIPPED_MODELS[name] / "evals" / "summary.csv")
     want = shipped[(shipped["ood"] == ood) & (shipped["metric"] == DEFAULT)].iloc[0]
     cfg = EvalConfig(checkpoint=name, ood=(ood,), lpips=False, recompute=True, cache_dir=str(tmp_path), device="cpu")
-    result = evaluate(cfg, default_only=True)  # the default score alone: 1 call per image (FashionMNIST), 4 (MNIST)
+    result = evaluate(cfg, default_only=True)  # the default score alone: 1 call per image (FashionMNIST), 16 (MNIST)
     got = result.summary[(result.summary["ood"] == ood) & (result.summary["metric"] == DEFAULT)].iloc[0]
     assert got["calls"] == want["calls"] and got["n_id"] == want["n_id"] == 1000
     assert got["auroc"] == pytest.approx(want["auroc"], abs=5e-4)

@@ -131,6 +131,29 @@ def test_the_feature_score_of_an_image_is_the_same_alone_in_a_batch_and_in_any_b
 
 
 @needs_data
+def test_a_pick_with_a_gaussian_head_keeps_a_bank_of_its_embeddings_for_the_map_and_the_neighbours(ckpt_with_bank):
+    """A default score whose feature evidence is a Gaussian head (no nearest-neighbour term): its bank holds the
+    embeddings the head reads, of the images it is fitted on, and a verdict names the nearest of them."""
+    from diffood.scores import Context
+    from diffood.scores.base import fit_and_save
+
+    head = GaussianHead("mid_block", 50, "mean", train=64)
+    pick = Pick(ZMean((RECON, head)), RECON)
+    assert pick.features is None and pick.embedding_term == head
+    assert pick.bank_term == Features("mid_block", 50, "mean", k=1, draws=1, bank=64)
+    fit_and_save(head, Context(ckpt_with_bank))
+    reference = _reference(ckpt_with_bank, ZMean((RECON, head)))
+    assert reference.features is None and reference.bank.spec == head.spec
+    x = to_model_input(load_images("mnist", "test", 3, 0))
+    verdicts = judge(x, ckpt_with_bank, reference, neighbours=4)
+    d = feature_distances(ckpt_with_bank.model, x, reference.bank, [0], shared_noise=True)
+    for i, v in enumerate(verdicts):
+        assert v.neighbours["distance"][0] == pytest.approx(d.loc[d["index"] == i, "knn1"].item(), abs=1e-6)
+        assert len(v.neighbours) == 4 and np.isnan(v.nearest_distance)  # no kNN term: no distance of its own
+    assert _reference(ckpt_with_bank, RECON).bank is None  # a score that reads no embeddings shows none
+
+
+@needs_data
 def test_the_default_score_is_the_mean_of_the_z_scored_reconstruction_and_feature_terms(ckpt_with_bank):
     r = evaluate(EvalConfig(checkpoint=str(ckpt_with_bank.path), ood=("mnist",), ts=(400,), steps=2, n=10, n_val=12,
                             lpips=False, precision="fp32", score=ZMean((RECON, TERM))), ckpt_with_bank)
@@ -327,20 +350,14 @@ def test_each_shipped_model_records_the_pick_its_own_proxies_chose(name):
     repo = Path(__file__).resolve().parents[1]
     table = pd.concat([pd.read_csv(repo / s.split(" (")[0]) for s in pick.stages.split(", ")], ignore_index=True)
     assert set(table.columns) >= own and not set(table.columns) & {"mnist", "fashionmnist"}
-    assert len(table) == pick.candidates
-    if pick.level:  # the rule as recorded: the paired interval's
-        cfg = SelectConfig(proxies=tuple(pick.proxies), level=pick.level, n_ref=pick.images["reference"],
-                           n_id=pick.images["id"], n_proxy=pick.images["proxy"])
-        again = Pick.from_record(pick_record(table, cfg))
-        assert (again.default, again.reconstruction) == (pick.default, pick.reconstruction)
-    else:  # a record of the fixed-tolerance rule
-        again = Pick(spec_of(choose(table, tolerance=pick.tolerance)), pick.reconstruction,
-                     proxies={p: round(float(choose(table, tolerance=pick.tolerance)[p]), 4) for p in pick.proxies})
-    best = choose(table, tolerance=None if pick.level else pick.tolerance)
-    assert (again.default, again.proxies) == (pick.default, pick.proxies)
+    assert len(table) == pick.candidates and pick.level == 0.95  # the rule as recorded: the paired interval's
+    cfg = SelectConfig(proxies=tuple(pick.proxies), level=pick.level, n_ref=pick.images["reference"],
+                       n_id=pick.images["id"], n_proxy=pick.images["proxy"])
+    again = Pick.from_record(pick_record(table, cfg))
+    assert (again.default, again.reconstruction, again.proxies) == (pick.default, pick.reconstruction, pick.proxies)
+    best = choose(table)
     assert (round(float(best["mean"]), 4), round(float(best["worst"]), 4)) == (pick.mean, pick.worst)
-    bank, want = checkpoint_bank(ckpt), pick.features
-    if want:
-        assert (bank.spec.layer, bank.spec.t, bank.spec.pooling, bank.n) == (want.layer, want.t, want.pooling, want.bank)
+    bank, want = checkpoint_bank(ckpt), pick.bank_term  # the bank holds the embeddings the pick reads
+    assert (bank.spec.layer, bank.spec.t, bank.spec.pooling, bank.n) == (want.layer, want.t, want.pooling, want.bank)
     assert pending_images(EvalConfig(checkpoint=name), ckpt) == 0  # the default evaluation ships: nothing to compute
 

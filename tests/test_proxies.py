@@ -39,23 +39,19 @@ def reported(name: str, ckpt) -> set:
 @needs_data
 @pytest.mark.parametrize("name", ["fashionmnist", "mnist"])
 def test_no_image_of_the_selection_is_in_a_reported_set(name):
-    """A record of the held-out protocol shares no image with a reported set; a record of the earlier one (proxies
-    made from the first test images, which its model card says) does, and this finds it."""
+    """The recorded protocol's images (reference, ID side, proxies) share none with a reported set."""
     ckpt = load_checkpoint(name, device="cpu")
     pick, data = Pick.of(ckpt), ckpt.data
     images = pick.images
-    split = images.get("proxy_split", "test")  # records before the held-out protocol made the flips from test
+    assert images.get("proxy_split") == "val"  # the proxies are made from validation images
     used = provenance(data.name, "val", images["reference"] + images["id"], 0, id=data)  # reference and ID side
     for proxy in pick.proxies:
-        used |= provenance(proxy, split, images["proxy"], 0, id=data)
+        used |= provenance(proxy, "val", images["proxy"], 0, id=data)
     shown = reported(name, ckpt)
-    if split == "val":
-        assert len(used) == images["reference"] + images["id"] + images["proxy"] * 2  # val images, then two noises
-        assert not used & shown
-        # the check finds what it looks for: proxies made from the test images would share the reported flips'
-        assert provenance(f"{data.name}-vflip", "test", images["proxy"], 0, id=data) & shown
-    else:
-        assert used & shown and "not held out" in (REPO / f"docs/model-{name}.md").read_text()
+    assert len(used) == images["reference"] + images["id"] + images["proxy"] * 2  # val images, then two noises
+    assert not used & shown
+    # the check finds what it looks for: proxies made from the test images would share the reported flips'
+    assert provenance(f"{data.name}-vflip", "test", images["proxy"], 0, id=data) & shown
 
 
 @needs_data

@@ -20,6 +20,7 @@ from diffood.scores import (
     KINDS,
     Context,
     Features,
+    GaussianHead,
     Pick,
     Reconstruction,
     ScoreSpec,
@@ -86,20 +87,32 @@ def test_unknown_kinds_and_parameters_are_refused_in_one_line():
 
 
 def test_names_and_parameters_read_with_the_checkpoints_pick():
-    pick = Pick.of(load_checkpoint("mnist"))
-    assert parse("default", pick) == pick.default == Features("up_blocks.0", 300, "mean", 1, 4, 20_000)
-    assert parse("features(k=5, draws=2)", pick) == Features("up_blocks.0", 300, "mean", 5, 2, 20_000)
+    pick = Pick.of(load_checkpoint("mnist"))  # reconstruction and a Gaussian head on mean-pooled up_blocks.0, t_f 300
+    head = GaussianHead("up_blocks.0", 300, "mean", "ledoit-wolf", 10_000)
+    assert parse("default", pick) == pick.default == ZMean((Reconstruction((600, 700, 800), 1, ("mse",)), head))
+    assert parse("gaussian", pick) == head  # on the embeddings the pick reads, as its bank holds them
+    assert parse("features(k=5, draws=2)", pick) == Features("up_blocks.0", 300, "mean", 5, 2, 10_000)
     assert parse("reconstruction(ts=600 700, draws=2)", pick) == Reconstruction((600, 700), 2, ("mse",))
-    assert parse("both", pick) == ZMean((pick.reconstruction, pick.default))
+    assert parse("both", pick) == ZMean((pick.reconstruction, pick.bank_term))
 
 
-@pytest.mark.parametrize("name, version", [("fashionmnist", 2), ("mnist", None)])
-def test_the_shipped_records_read_as_specs_and_round_trip_in_the_new_version(name, version):
-    record = load_checkpoint(name).meta.score
-    assert record.get("version") == version  # None: written before specs, read as version 1
+def test_a_record_written_before_specs_reads_as_version_1():
+    record = {"default": {"kind": "both", "features": {"layer": "up_blocks.0", "t": 300, "pooling": "mean", "k": 1,
+                                                       "draws": 4, "bank": 20000},
+                          "reconstruction": {"ts": [600, 700, 800], "draws": 1, "metrics": ["mse"]}, "calls": 19},
+              "reconstruction": {"ts": [600, 700, 800], "draws": 1, "metrics": ["mse"]}, "tolerance": 0.002}
     pick = Pick.from_record(record)
-    assert isinstance(pick.default, Features) and pick.own
-    assert pick.calls == (record["calls"] if version else record["default"]["calls"])
+    recon = Reconstruction((600, 700, 800), 1, ("mse",))
+    assert pick.default == ZMean((recon, Features("up_blocks.0", 300, "mean", 1, 4, 20_000))) and pick.calls == 19
+    assert pick.reconstruction == recon and pick.level == 0 and pick.tolerance == 0.002
+
+
+@pytest.mark.parametrize("name, kind", [("fashionmnist", Features), ("mnist", ZMean)])
+def test_the_shipped_records_read_as_specs_and_round_trip(name, kind):
+    record = load_checkpoint(name).meta.score
+    assert record.get("version") == 2
+    pick = Pick.from_record(record)
+    assert isinstance(pick.default, kind) and pick.own and pick.calls == record["calls"]
     again = Pick.from_record(json.loads(json.dumps(pick.to_record())))
     assert again == pick and pick.to_record()["version"] == 2
 

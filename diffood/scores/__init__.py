@@ -53,13 +53,23 @@ class Pick:
 
     @property
     def features(self) -> Features | None:
-        """The feature term of the default score, if it has one: what the checkpoint's bank is built for."""
+        """The nearest-neighbour feature term of the default score, if it has one: it reads the bank to score."""
         return next((t for t in self.default.terms() if isinstance(t, Features)), None)
 
     @property
+    def embedding_term(self) -> Features | GaussianHead | None:
+        """The default score's term that reads UNet embeddings (nearest neighbours or a Gaussian head), if any:
+        the checkpoint's bank holds those embeddings of ID training images."""
+        return next((t for t in self.default.terms() if isinstance(t, (Features, GaussianHead))), None)
+
+    @property
     def bank_term(self) -> Features:
-        """The feature term a bank is built for: the pick's, else the fallback's."""
-        return self.features or FALLBACK.features
+        """The feature term a bank is built for: the pick's; for a Gaussian head, the nearest neighbours among
+        the training images it is fitted on, in the embeddings it reads; else the fallback's."""
+        term = self.embedding_term
+        if isinstance(term, GaussianHead):
+            return Features(term.layer, term.t, term.pooling, bank=term.train)
+        return term or FALLBACK.features
 
     @property
     def calls(self) -> int:
