@@ -205,16 +205,18 @@ def plan(cfg: EvalConfig, checkpoint: Checkpoint, default_only: bool = False) ->
     pick = Pick.of(checkpoint)
     given = [t for s in (cfg.score, *cfg.methods) if s for t in s.terms()]
     wants_features = any(isinstance(t, Features) for t in given)
-    # the pick's score and its feature terms read the bank; a score given without one leaves it out
-    bank = checkpoint_bank(checkpoint) if cfg.score is None or wants_features else None
-    if bank is None and any(isinstance(t, GaussianHead) for t in given):
+    reads_bank = cfg.score is None or wants_features  # the pick's score and feature terms read the bank
+    bank = None
+    if reads_bank:
+        bank = checkpoint_bank(checkpoint)
+    elif any(isinstance(t, GaussianHead) for t in given):
         try:  # the training images in a Gaussian head's embeddings, shown beside its verdicts; it scores without
             bank = checkpoint_bank(checkpoint)
         except BankError:
-            bank = None
+            pass
     notes = []
     term = None
-    if bank is not None and (cfg.score is None or wants_features):
+    if bank is not None and reads_bank:
         want = pick.bank_term
         term = Features(bank.spec.layer, bank.spec.t, bank.spec.pooling, want.k, want.draws, bank.n)
         if pick.own and pick.embedding_term and (want.layer, want.t, want.pooling, want.bank) != (
